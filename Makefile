@@ -1,0 +1,46 @@
+# Two commands on a fresh machine:  `make dev` (set up and run the bridge), `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup dev test lint unit integration e2e bench-ingest doctor clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+dev: setup  ## the dev host: embedded PostgreSQL, local queue, HTTP on 127.0.0.1:7071/api
+	$(BIN)/python -m local
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+doctor: setup
+	@mkdir -p .local
+	$(BIN)/azure-functions-doctor doctor --hosting-plan flex-consumption --summary-json .local/doctor.json
+	$(BIN)/python scripts/check_doctor.py .local/doctor.json
+
+test: lint doctor  ## everything CI runs: lint, types, doctor, unit + integration + e2e tests
+	$(BIN)/pytest -m "not slow"
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+integration: setup
+	$(BIN)/pytest tests/integration
+
+e2e: setup
+	$(BIN)/pytest tests/e2e
+
+bench-ingest: setup  ## benchmark: signed webhooks against the dev host (see bench/ingest/README.md)
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

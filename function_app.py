@@ -1,0 +1,13 @@
+"""Azure Functions entry point: wires each trigger folder's Blueprint into one app."""
+
+import azure.functions as func
+
+from maintenance_function import bp as maintenance_bp
+from processor_function import bp as processor_bp
+from webhook_function import bp as webhook_bp
+
+app = func.FunctionApp()
+
+app.register_functions(webhook_bp)
+app.register_functions(processor_bp)
+app.register_functions(maintenance_bp)

@@ -1,0 +1,612 @@
+"""The dev host: runs a FunctionApp the way ``func start`` would, in one asyncio loop.
+
+HTTP triggers are served by uvicorn (httptools, uvloop) under ``/<routePrefix>/``; Service Bus
+queue triggers consume the local PostgreSQL queue; timer triggers follow their schedules. The
+functions, the host's pool and the queue dispatcher share the loop, like the Python worker's
+functions share the worker's loop.
+
+The host keeps its own small pool and :class:`LocalQueue` for receiving; the app builds its own for
+publishing, exactly as in Azure, where the Functions host and the app do not share clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import warnings
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import uvicorn
+from psycopg import conninfo
+
+from local.functions import FunctionSpec, Invoker, index_functions, resolve_setting
+from local.host_json import HostConfig, HostConfigError
+from local.http_adapter import HttpAdapter
+from local.postgres import EmbeddedPostgres, start_embedded_postgres
+from local.routes import Router, RouteTemplateError
+from local.servicebus_dispatch import QueueTrigger, TriggerConfigError, queue_trigger_for
+from local.settings import DEV_DEFAULTS, LocalSettings, LocalSettingsError, load_local_settings
+from local.timers import ScheduleError, TimerTrigger, timer_trigger_for
+from shared_code.bus.local_queue import LOCAL_BUS_MIGRATIONS, LocalQueue, QueueOptions
+from shared_code.db.migrations import apply_migrations
+from shared_code.db.pool import Pool, open_pool
+
+__all__ = [
+    "DEFAULT_PORT",
+    "REPO_ROOT",
+    "FunctionInfo",
+    "HostStartError",
+    "LocalHost",
+    "main",
+    "serve",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[1]
+DEFAULT_PORT: Final = 7071
+DEFAULT_APP: Final = "function_app:app"
+SHUTDOWN_GRACE_SECONDS: Final = 10.0
+_HTTP_TRIGGER: Final = "httpTrigger"
+_SERVICE_BUS_TRIGGER: Final = "serviceBusTrigger"
+_TIMER_TRIGGER: Final = "timerTrigger"
+
+ShutdownHook = Callable[[], Awaitable[None]]
+
+
+class HostStartError(RuntimeError):
+    """The app cannot be hosted as configured; the message names every problem found."""
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionInfo:
+    """One line of the start-up banner."""
+
+    name: str
+    trigger: str
+    detail: str
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: the host owns SIGINT/SIGTERM and the shutdown order.
+
+    (uvicorn's own handlers re-raise the signal after serving, which would kill the process with
+    a signal status instead of exiting 0 after a clean stop.)
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class LocalHost:
+    """A running (after :meth:`start`) dev host for one FunctionApp."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        database_url: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        config: HostConfig | None = None,
+        timers: bool = True,
+        queue_options: QueueOptions | None = None,
+        queue_options_by_name: Mapping[str, QueueOptions] | None = None,
+        pool_max_size: int = 10,
+        shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
+        on_shutdown: Sequence[ShutdownHook] = (),
+        function_directory: Path = REPO_ROOT,
+    ) -> None:
+        self._app = app
+        self._database_url = database_url
+        self._host = host
+        self._requested_port = port
+        self._config = (
+            config if config is not None else HostConfig.from_file(REPO_ROOT / "host.json")
+        )
+        self._timers_enabled = timers
+        self._queue_options = queue_options or QueueOptions()
+        self._queue_options_by_name = dict(queue_options_by_name or {})
+        self._pool_max_size = pool_max_size
+        self._grace = shutdown_grace
+        self._on_shutdown = list(on_shutdown)
+        self._invoker = Invoker(
+            function_timeout=self._config.function_timeout,
+            function_directory=str(function_directory),
+        )
+        self._router: Router[FunctionSpec] = Router(self._config.route_prefix)
+        self._queue_triggers: list[QueueTrigger] = []
+        self._timers: list[TimerTrigger] = []
+        self._functions: list[FunctionInfo] = []
+        self._pool: Pool | None = None
+        self._bus: LocalQueue | None = None
+        self._server: _Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._port: int | None = None
+        self._started = False
+        self._stopped = False
+
+    # --- public surface -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the host is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def functions(self) -> list[FunctionInfo]:
+        return list(self._functions)
+
+    @property
+    def shutdown_grace(self) -> float:
+        return self._grace
+
+    @property
+    def bus(self) -> LocalQueue | None:
+        """The host's receiving queue client (None when the app has no queue triggers)."""
+        return self._bus
+
+    async def start(self) -> None:
+        """Index the app, bind the port, start every trigger. Raises HostStartError."""
+        if self._started:
+            raise RuntimeError("the host was already started")
+        self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking work, let running functions finish (up to ``grace`` s), release all."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self._grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._server is not None:
+            self._server.should_exit = True
+            if grace <= 0:
+                self._server.force_exit = True
+        await asyncio.gather(
+            *(trigger.stop(deadline) for trigger in self._queue_triggers),
+            *(timer.stop(deadline) for timer in self._timers),
+        )
+        if self._serve_task is not None:
+            try:
+                await self._serve_task
+            except Exception:
+                logger.exception("the HTTP server failed while stopping")
+        for hook in self._on_shutdown:
+            try:
+                await hook()
+            except Exception:
+                logger.exception("a shutdown hook failed")
+        if self._bus is not None:
+            await self._bus.close()
+        if self._pool is not None:
+            await self._pool.close()
+        self._invoker.close()
+
+    async def wait_closed(self) -> None:
+        """Return when the HTTP server ends (after :meth:`stop`, or if it fails on its own)."""
+        if self._serve_task is not None:
+            await asyncio.shield(self._serve_task)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        problems: list[str] = []
+        queue_specs: list[FunctionSpec] = []
+        for spec in index_functions(self._app):
+            if spec.trigger_type == _HTTP_TRIGGER:
+                self._add_http(spec, problems)
+            elif spec.trigger_type == _SERVICE_BUS_TRIGGER:
+                queue_specs.append(spec)
+            elif spec.trigger_type == _TIMER_TRIGGER:
+                self._add_timer(spec, problems)
+            else:
+                logger.warning(
+                    "function %s: trigger %s is not supported by the local host; skipped",
+                    spec.name,
+                    spec.trigger_type,
+                )
+                self._functions.append(FunctionInfo(spec.name, spec.trigger_type, "not supported"))
+        if queue_specs:
+            if not self._database_url:
+                problems.append("Service Bus triggers need a database_url for the local queue")
+            else:
+                await self._open_bus()
+                for spec in queue_specs:
+                    self._add_queue_trigger(spec, problems)
+        if problems:
+            raise HostStartError("; ".join(problems))
+        await self._start_http()
+        for trigger in self._queue_triggers:
+            trigger.start()
+        for timer in self._timers:
+            timer.start()
+
+    def _add_http(self, spec: FunctionSpec, problems: list[str]) -> None:
+        binding = spec.binding
+        route = str(binding.get("route") or spec.name)
+        methods = binding.get("methods") or None
+        try:
+            route = resolve_setting(route)
+            self._router.add(route, methods, spec)
+        except (RouteTemplateError, LookupError) as error:
+            problems.append(f"function {spec.name}: {error}")
+            return
+        prefix = f"/{self._config.route_prefix}" if self._config.route_prefix else ""
+        verbs = ",".join(m.upper() for m in methods) if methods else "ALL"
+        self._functions.append(FunctionInfo(spec.name, "http", f"[{verbs}] {prefix}/{route}"))
+
+    def _add_timer(self, spec: FunctionSpec, problems: list[str]) -> None:
+        try:
+            timer = timer_trigger_for(spec, self._invoker)
+        except ScheduleError as error:
+            problems.append(str(error))
+            return
+        detail = timer.schedule.describe() + (" (run on startup)" if timer.run_on_startup else "")
+        if self._timers_enabled:
+            self._timers.append(timer)
+        else:
+            detail += " — disabled by --no-timers"
+        self._functions.append(FunctionInfo(spec.name, "timer", detail))
+
+    def _add_queue_trigger(self, spec: FunctionSpec, problems: list[str]) -> None:
+        assert self._bus is not None
+        try:
+            trigger = queue_trigger_for(spec, self._bus, self._invoker, self._config)
+        except TriggerConfigError as error:
+            problems.append(str(error))
+            return
+        self._queue_triggers.append(trigger)
+        if trigger.sessions:
+            detail = (
+                f"queue {trigger.queue} (sessions, up to "
+                f"{self._config.max_concurrent_sessions} at a time)"
+            )
+        else:
+            detail = f"queue {trigger.queue} (up to {self._config.max_concurrent_calls} at a time)"
+        self._functions.append(FunctionInfo(spec.name, "serviceBus", detail))
+
+    async def _open_bus(self) -> None:
+        assert self._database_url is not None
+        self._pool = await open_pool(
+            self._database_url, max_size=self._pool_max_size, name="local-host"
+        )
+        self._bus = LocalQueue(
+            self._pool,
+            options=self._queue_options_by_name,
+            default_options=self._queue_options,
+        )
+
+    async def _start_http(self) -> None:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        # Bound here rather than by uvicorn: a busy port is an exception we can report, not a
+        # sys.exit inside the server task, and port 0 (tests) tells us the port it got.
+        sock = socket.create_server((self._host, self._requested_port), family=family, backlog=2048)
+        sock.setblocking(False)
+        self._port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            HttpAdapter(self._router, self._invoker),
+            host=self._host,
+            port=self._port,
+            loop="none",
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            access_log=False,  # the adapter logs one line per request itself
+            log_config=None,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=max(1, math.ceil(self._grace)),
+        )
+        self._server = _Server(config)
+        self._serve_task = asyncio.create_task(
+            self._server.serve(sockets=[sock]), name="http-server"
+        )
+        while not self._server.started:
+            if self._serve_task.done():
+                self._serve_task.result()
+                raise HostStartError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.005)
+
+
+async def serve(
+    app: Any,
+    *,
+    database_url: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    config: HostConfig | None = None,
+    timers: bool = True,
+    queue_options: QueueOptions | None = None,
+    queue_options_by_name: Mapping[str, QueueOptions] | None = None,
+    pool_max_size: int = 10,
+    shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
+    on_shutdown: Sequence[ShutdownHook] = (),
+) -> LocalHost:
+    """Start a dev host for ``app`` in the running loop; ``await host.stop()`` to end it.
+
+    ``port=0`` picks a free port (``host.port``). ``config`` defaults to the repo's host.json.
+    The database must already be migrated (the CLI does it).
+    """
+    local_host = LocalHost(
+        app,
+        database_url=database_url,
+        host=host,
+        port=port,
+        config=config,
+        timers=timers,
+        queue_options=queue_options,
+        queue_options_by_name=queue_options_by_name,
+        pool_max_size=pool_max_size,
+        shutdown_grace=shutdown_grace,
+        on_shutdown=on_shutdown,
+    )
+    await local_host.start()
+    return local_host
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m local``: settings, embedded PostgreSQL, migrations, the app, until stopped."""
+    args = _parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        local_settings = load_local_settings(REPO_ROOT)
+        config = HostConfig.from_file(REPO_ROOT / "host.json")
+    except (LocalSettingsError, HostConfigError) as error:
+        logger.error("%s", error)
+        return 2
+    port = args.port if args.port is not None else local_settings.local_http_port or DEFAULT_PORT
+    embedded: EmbeddedPostgres | None = None
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers); its fallback is fine here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+    if not os.environ.get("DATABASE_URL", "").strip():
+        data_dir = REPO_ROOT / ".local" / "pgdata"
+        logger.info("starting the embedded PostgreSQL in %s", data_dir)
+        try:
+            embedded = start_embedded_postgres(data_dir)
+        except Exception:
+            logger.exception("could not start the embedded PostgreSQL; set DATABASE_URL instead")
+            return 1
+        os.environ["DATABASE_URL"] = embedded.database_url
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_run(args, config, local_settings, port, embedded))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        logger.warning("interrupted")
+        return 130
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            logger.info("embedded PostgreSQL released")
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m local",
+        description="Run the Functions app locally, as `func start` would.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"HTTP port (default: local.settings.json Host.LocalHttpPort, else {DEFAULT_PORT})",
+    )
+    parser.add_argument("--no-timers", action="store_true", help="do not run timer triggers")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    parser.add_argument(
+        "--app", default=DEFAULT_APP, help=f"module:attribute of the FunctionApp ({DEFAULT_APP})"
+    )
+    return parser.parse_args(argv)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    # Chatty libraries: their INFO lines are about internals, not the app.
+    for name in ("embedded_postgres", "psycopg.pool", "uvicorn", "azure"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def _run(
+    args: argparse.Namespace,
+    config: HostConfig,
+    local_settings: LocalSettings,
+    port: int,
+    embedded: EmbeddedPostgres | None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    stop_requested = asyncio.Event()
+    started = False
+
+    def on_signal(signum: int) -> None:
+        # Before start-up completes there is nothing to drain: abandon start-up at once. A second
+        # Ctrl-C while draining means "now"; a repeated SIGTERM does not (supervisors such as
+        # `timeout` send it to the whole process group, so one request can arrive twice).
+        if not started or (stop_requested.is_set() and signum == signal.SIGINT):
+            main_task.cancel()
+        stop_requested.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        database_url = os.environ["DATABASE_URL"]
+        await apply_migrations(database_url)
+        await apply_migrations(database_url, LOCAL_BUS_MIGRATIONS, set_name="local_bus")
+        app = _load_app(args.app)
+        host = LocalHost(
+            app,
+            database_url=database_url,
+            host=args.host,
+            port=port,
+            config=config,
+            timers=not args.no_timers,
+            on_shutdown=[_shutdown_app_services],
+        )
+        try:
+            await host.start()
+        except (HostStartError, OSError) as error:
+            logger.error("cannot start: %s", error)
+            return 1
+        started = True
+        _warn_about_bus_backend(host)
+        sys.stdout.write(_banner(host, args.app, local_settings, database_url, embedded))
+        sys.stdout.flush()
+        stop_waiter = asyncio.create_task(stop_requested.wait())
+        server_waiter = asyncio.create_task(host.wait_closed())
+        await asyncio.wait([stop_waiter, server_waiter], return_when=asyncio.FIRST_COMPLETED)
+        stop_waiter.cancel()
+        server_waiter.cancel()
+        if not stop_requested.is_set():
+            logger.error("the HTTP server stopped unexpectedly")
+        logger.info(
+            "stopping: letting running functions finish (up to %.0f s)", host.shutdown_grace
+        )
+        await host.stop()
+        logger.info("stopped")
+        return 0 if stop_requested.is_set() else 1
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _load_app(reference: str) -> Any:
+    module_name, _, attribute = reference.partition(":")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    module = importlib.import_module(module_name)
+    app = getattr(module, attribute or "app", None)
+    if app is None or not callable(getattr(app, "get_functions", None)):
+        raise HostStartError(f"{reference} is not an azure.functions FunctionApp")
+    return app
+
+
+async def _shutdown_app_services() -> None:
+    # Only if the app built them: the host must not build the app's services just to close them.
+    runtime = sys.modules.get("shared_code.runtime")
+    shutdown = getattr(runtime, "shutdown_services", None)
+    if shutdown is not None:
+        await shutdown()
+
+
+def _warn_about_bus_backend(host: LocalHost) -> None:
+    backend = os.environ.get("BUS_BACKEND", "").strip().lower()
+    if backend and backend != "local" and any(f.trigger == "serviceBus" for f in host.functions):
+        logger.warning(
+            "BUS_BACKEND=%s: the app publishes to Azure Service Bus, but this host's queue "
+            "triggers read the local queue, so they will not see those messages",
+            backend,
+        )
+
+
+def describe_database_url(url: str) -> str:
+    """The URL without its password, for the banner."""
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except Exception:
+        return "(unreadable DATABASE_URL)"
+    user = params.get("user") or ""
+    host = str(params.get("host") or "localhost")
+    port = params.get("port")
+    database = params.get("dbname") or ""
+    credentials = f"{user}@" if user else ""
+    if host.startswith("/"):  # a Unix socket directory
+        return f"postgresql://{credentials}/{database}?host={host}"
+    location = f"{host}:{port}" if port else host
+    return f"postgresql://{credentials}{location}/{database}"
+
+
+def _banner(
+    host: LocalHost,
+    app_reference: str,
+    local_settings: LocalSettings,
+    database_url: str,
+    embedded: EmbeddedPostgres | None,
+) -> str:
+    lines = ["", f"Functions in {app_reference}:", ""]
+    width = max((len(f.name) for f in host.functions), default=0)
+    for function in host.functions:
+        detail = function.detail
+        if function.trigger == "http":
+            verbs, _, path = detail.partition(" ")
+            detail = f"{verbs} {host.url}{path}"
+        lines.append(f"  {function.name:<{width}}  {function.trigger:<10}  {detail}")
+    if not host.functions:
+        lines.append("  (none)")
+    source = "embedded, data in .local/pgdata" if embedded is not None else "from DATABASE_URL"
+    settings_file = (
+        local_settings.settings_file.name if local_settings.settings_file else "none found"
+    )
+    lines += [
+        "",
+        f"Database: {describe_database_url(database_url)} ({source})",
+        f"Settings: local.settings.json: {settings_file}",
+    ]
+    for name in DEV_DEFAULTS:
+        if name in local_settings.applied_defaults:
+            # Dev-only values, printed on purpose: needed to sign a test webhook.
+            lines.append(f"  {name} = {local_settings.applied_defaults[name]}  (dev default)")
+        else:
+            lines.append(f"  {name}  (from {local_settings.sources.get(name, 'environment')})")
+    lines += ["", f"Listening on {host.url} — Ctrl-C to stop", "", ""]
+    return "\n".join(lines)

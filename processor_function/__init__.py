@@ -1,0 +1,22 @@
+"""Service Bus trigger on the inbound queue: one WhatsApp event per message, in session order."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from shared_code.runtime import get_services
+
+bp = func.Blueprint()
+
+
+@bp.service_bus_queue_trigger(
+    arg_name="message",
+    connection="ServiceBusConnection",
+    queue_name="%INBOUND_QUEUE_NAME%",
+    is_sessions_enabled=True,
+)
+async def processor_handle_event(message: func.ServiceBusMessage) -> None:
+    # Returning completes the message; an exception abandons it, so the bus redelivers it and
+    # dead-letters it after the queue's maximum delivery count.
+    services = await get_services()
+    await services.processor.handle(message.get_body())

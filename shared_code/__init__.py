@@ -1,0 +1,1 @@
+"""Domain and adapters of the WhatsApp bridge. Never imports ``azure.functions``."""

@@ -1,0 +1,180 @@
+"""The bus in Azure: publishing to Service Bus queues with azure-servicebus (async).
+
+One long-lived client per worker, one sender per queue created on first use and reused (a sender's
+AMQP link takes about a second to open). Messages go out in as few batches as the service's batch
+size allows, in the order given, so a session's messages keep their order.
+
+A failed publish may have sent its first batches already; the caller publishes everything again and
+the queue's duplicate detection (on ``message_id``) drops what arrived the first time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Protocol
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import AzureError
+from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import MessageSizeExceededError
+
+from shared_code.bus.port import OutgoingMessage, PublishError
+
+__all__ = ["AzureServiceBus"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Sender(Protocol):
+    """The part of ``azure.servicebus.aio.ServiceBusSender`` used here."""
+
+    async def create_message_batch(self) -> ServiceBusMessageBatch: ...
+    async def send_messages(self, message: ServiceBusMessageBatch) -> None: ...
+    async def close(self) -> None: ...
+
+
+class _Client(Protocol):
+    """The part of ``azure.servicebus.aio.ServiceBusClient`` used here."""
+
+    def get_queue_sender(self, queue_name: str) -> _Sender: ...
+    async def close(self) -> None: ...
+
+
+class _QueueSender:
+    def __init__(self, sender: _Sender) -> None:
+        self.sender = sender
+        # The SDK's async sender is not safe for concurrent use (a reconnect in one send can
+        # pull the link from under another: Azure/azure-sdk-for-python#35618), so sends to one
+        # queue take turns.
+        self.lock = asyncio.Lock()
+
+
+class AzureServiceBus:
+    """Implements ``MessageBus`` on Azure Service Bus."""
+
+    def __init__(self, client: _Client, *, credential: AsyncTokenCredential | None = None) -> None:
+        """``client`` is usually an ``azure.servicebus.aio.ServiceBusClient``; ``credential``, when
+        given, is closed with the client (the client does not own it)."""
+        self._client = client
+        self._credential = credential
+        self._senders: dict[str, _QueueSender] = {}
+        self._senders_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_connection_string(cls, conn_str: str) -> AzureServiceBus:
+        return cls(ServiceBusClient.from_connection_string(conn_str))
+
+    @classmethod
+    def from_namespace(
+        cls, fully_qualified_namespace: str, managed_identity_client_id: str | None = None
+    ) -> AzureServiceBus:
+        """Identity-based: the user-assigned managed identity when its client id is given (no
+        probing through the other credential types at start), else ``DefaultAzureCredential``
+        (developer sign-in locally)."""
+        credential: AsyncTokenCredential
+        if managed_identity_client_id:
+            credential = ManagedIdentityCredential(client_id=managed_identity_client_id)
+        else:
+            credential = DefaultAzureCredential()
+        client = ServiceBusClient(fully_qualified_namespace, credential)
+        return cls(client, credential=credential)
+
+    async def publish(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        if self._closed:
+            raise PublishError("the Service Bus publisher is closed")
+        outgoing = [_to_service_bus(message) for message in messages]
+        queue_sender = await self._sender_for(queue)
+        async with queue_sender.lock:
+            try:
+                batches = await _send_in_batches(queue_sender.sender, outgoing)
+            except MessageSizeExceededError as error:
+                raise PublishError(f"a message for queue {queue} is too large: {error}") from error
+            except AzureError as error:
+                # The link may be broken for good (entity recreated, credentials rotated): the
+                # next publish starts from a new sender.
+                await self._discard_sender(queue, queue_sender)
+                raise PublishError(
+                    f"Service Bus did not accept {len(messages)} message(s) for queue {queue}: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+        logger.debug("queue %s: sent %s message(s) in %s batch(es)", queue, len(outgoing), batches)
+
+    async def close(self) -> None:
+        """Close the senders, the client and the credential; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._senders_lock:
+            senders, self._senders = self._senders, {}
+        for queue, queue_sender in senders.items():
+            try:
+                await queue_sender.sender.close()
+            except AzureError as error:
+                logger.warning("closing the sender of queue %s failed: %s", queue, error)
+        try:
+            await self._client.close()
+        finally:
+            if self._credential is not None:
+                await self._credential.close()
+
+    async def _sender_for(self, queue: str) -> _QueueSender:
+        async with self._senders_lock:
+            queue_sender = self._senders.get(queue)
+            if queue_sender is None:
+                queue_sender = _QueueSender(self._client.get_queue_sender(queue_name=queue))
+                self._senders[queue] = queue_sender
+            return queue_sender
+
+    async def _discard_sender(self, queue: str, queue_sender: _QueueSender) -> None:
+        async with self._senders_lock:
+            if self._senders.get(queue) is queue_sender:
+                del self._senders[queue]
+        try:
+            await queue_sender.sender.close()
+        except AzureError as error:
+            logger.debug("closing a failed sender of queue %s: %s", queue, error)
+
+
+async def _send_in_batches(sender: _Sender, messages: Sequence[ServiceBusMessage]) -> int:
+    """Send in order, filling each batch up to the service's size limit; returns batches sent."""
+    sent = 0
+    batch = await sender.create_message_batch()
+    for message in messages:
+        try:
+            batch.add_message(message)
+        except MessageSizeExceededError:
+            if len(batch) == 0:
+                raise  # too large on its own for any batch
+            await sender.send_messages(batch)
+            sent += 1
+            batch = await sender.create_message_batch()
+            batch.add_message(message)
+    if len(batch):
+        await sender.send_messages(batch)
+        sent += 1
+    return sent
+
+
+def _to_service_bus(message: OutgoingMessage) -> ServiceBusMessage:
+    scheduled = message.scheduled_enqueue_time
+    if scheduled is not None:
+        if scheduled.utcoffset() is None:
+            raise ValueError(f"scheduled_enqueue_time of {message.message_id!r} is naive")
+        scheduled = scheduled.astimezone(UTC)
+    return ServiceBusMessage(
+        message.body,
+        session_id=message.session_id,
+        message_id=message.message_id,
+        application_properties=dict(message.application_properties.items()) or None,
+        content_type=message.content_type,
+        subject=message.subject,
+        scheduled_enqueue_time_utc=scheduled,
+    )

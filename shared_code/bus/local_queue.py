@@ -1,0 +1,921 @@
+"""A PostgreSQL queue with the Service Bus semantics the bridge relies on (local development).
+
+Semantics (mirroring Azure Service Bus):
+- publish: message-id duplicate detection within a window (default 10 min): a message whose id was
+  accepted on the same queue within the window is silently dropped (also within one batch: the
+  first occurrence wins). Scheduled enqueue time delays visibility. One NOTIFY per queue per
+  publishing transaction wakes idle receivers.
+- sessions: a message with a session id is only delivered to the holder of that session's lock;
+  one holder per session at a time; messages of a session are delivered in sequence order, one at a
+  time while one is locked. Session lock expires after ``lock_duration`` unless renewed. A session
+  message's lock only counts while the session lock it was received under is held.
+- peek-lock: receive locks a message for ``lock_duration`` and increments its delivery count;
+  complete deletes it; abandon unlocks it (it is delivered again); an expired lock makes it
+  deliverable again. When a message would be delivered with delivery_count > max_delivery_count
+  it is moved to the dead-letter state instead (reason "MaxDeliveryCountExceeded"); abandoning a
+  message that already had its last delivery dead-letters it at once.
+- dead-letter: explicit dead_letter(reason, description), kept and listable, never delivered.
+
+Publishing a batch of any size, receiving, accepting a session and every settlement are each one
+SQL statement (one round trip). Waiting receivers share one LISTEN connection per
+:class:`LocalQueue` and otherwise sleep until the next scheduled message or lock expiry is due, so
+an idle queue costs no polling.
+
+Errors::
+
+    MessageLockLost      settling or renewing with a lock that expired or was taken over
+    └── SessionLockLost  the session lock itself expired, was released, or was taken over
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import DictRow, dict_row
+
+from shared_code.bus.port import OutgoingMessage, PropertyValue, PublishError
+from shared_code.db.pool import Pool
+
+__all__ = [
+    "LOCAL_BUS_MIGRATIONS",
+    "DeadLetteredMessage",
+    "LocalQueue",
+    "MessageLockLost",
+    "QueueOptions",
+    "ReceivedMessage",
+    "SessionLockLost",
+    "SessionReceiver",
+]
+
+logger = logging.getLogger(__name__)
+
+LOCAL_BUS_MIGRATIONS = Path(__file__).with_name("migrations")
+
+# One channel for every queue, the queue name as payload: one LISTEN serves all queues.
+NOTIFY_CHANNEL: Final = "local_bus"
+MAX_DELIVERY_COUNT_EXCEEDED: Final = "MaxDeliveryCountExceeded"
+
+# Without a working LISTEN connection, waiters fall back to polling at this interval.
+_DEAF_POLL_SECONDS: Final = 1.0
+_LISTENER_READY_TIMEOUT: Final = 5.0
+_RECONNECT_MIN_SECONDS: Final = 0.5
+_RECONNECT_MAX_SECONDS: Final = 10.0
+# Sleeping a little past a due time makes sure the next query's now() is past it too.
+_DUE_MARGIN_SECONDS: Final = 0.005
+# Acceptors woken together may pick the same session; each loser looks again, up to this often.
+_ACCEPT_ATTEMPTS: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOptions:
+    lock_duration: timedelta = timedelta(seconds=60)
+    max_delivery_count: int = 10
+    duplicate_detection_window: timedelta = timedelta(minutes=10)
+
+    def __post_init__(self) -> None:
+        if self.lock_duration <= timedelta(0):
+            raise ValueError("lock_duration must be positive")
+        if self.max_delivery_count < 1:
+            raise ValueError("max_delivery_count must be at least 1")
+        if self.duplicate_detection_window < timedelta(0):
+            raise ValueError("duplicate_detection_window must not be negative")
+
+
+_DEFAULT_OPTIONS: Final = QueueOptions()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceivedMessage:
+    queue: str
+    sequence_number: int
+    message_id: str
+    session_id: str | None
+    body: bytes
+    content_type: str | None
+    subject: str | None
+    application_properties: Mapping[str, PropertyValue]
+    delivery_count: int
+    enqueued_time: datetime
+    scheduled_enqueue_time: datetime | None
+    lock_token: str
+    locked_until: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetteredMessage:
+    queue: str
+    sequence_number: int
+    message_id: str
+    session_id: str | None
+    body: bytes
+    delivery_count: int
+    dead_letter_reason: str
+    dead_letter_description: str | None
+    dead_lettered_at: datetime
+
+
+class MessageLockLost(RuntimeError):
+    """The lock expired or was taken by another receiver; the settle call changed nothing."""
+
+
+class SessionLockLost(MessageLockLost):
+    """The session lock expired, was released or was taken by another receiver."""
+
+
+# --- SQL -------------------------------------------------------------------------------------
+# Columns copied when a message moves to the dead letters (same names in both tables).
+_DEAD_LETTER_COPY = sql.SQL(
+    "sequence_number, queue, message_id, session_id, body, content_type, subject,"
+    " application_properties, enqueued_at, scheduled_enqueue_time, delivery_count"
+)
+_RETURNED = sql.SQL(
+    "m.sequence_number, m.queue, m.message_id, m.session_id, m.body, m.content_type, m.subject,"
+    " m.application_properties, m.delivery_count, m.enqueued_at, m.scheduled_enqueue_time,"
+    " m.lock_token, m.locked_until"
+)
+# A lock is valid while unexpired and, for a session message, while the session lock it was
+# received under is still held.
+_LOCK_IS_VALID = sql.SQL(
+    """m.sequence_number = %(sequence_number)s
+      AND m.lock_token = %(lock_token)s
+      AND m.locked_until > now()
+      AND (m.session_id IS NULL OR EXISTS (
+          SELECT 1 FROM local_bus_sessions s
+          WHERE s.queue = m.queue AND s.session_id = m.session_id
+            AND s.lock_token = m.session_lock_token AND s.locked_until > now()))"""
+)
+
+_PUBLISH: Final = """
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        %(message_ids)s::text[], %(session_ids)s::text[], %(bodies)s::bytea[],
+        %(content_types)s::text[], %(subjects)s::text[], %(properties)s::text[],
+        %(scheduled)s::timestamptz[]
+    ) WITH ORDINALITY AS t(message_id, session_id, body, content_type, subject, properties,
+                           scheduled_enqueue_time, position)
+),
+first_of_id AS (
+    -- Within one batch the first occurrence of an id wins, as if sent one after the other.
+    -- Sorted by id, so concurrent publishers lock history rows in the same order (no deadlock).
+    SELECT DISTINCT ON (message_id) * FROM input ORDER BY message_id, position
+),
+accepted AS (
+    INSERT INTO local_bus_duplicates AS d (queue, message_id, expires_at)
+    SELECT %(queue)s, message_id, now() + %(window)s FROM first_of_id ORDER BY message_id
+    ON CONFLICT (queue, message_id) DO UPDATE
+        SET accepted_at = excluded.accepted_at, expires_at = excluded.expires_at
+        WHERE d.expires_at <= now()
+    RETURNING d.message_id
+),
+inserted AS (
+    INSERT INTO local_bus_messages (
+        queue, message_id, session_id, body, content_type, subject, application_properties,
+        scheduled_enqueue_time, visible_at)
+    SELECT %(queue)s, f.message_id, f.session_id, f.body, f.content_type, f.subject,
+           f.properties::jsonb, f.scheduled_enqueue_time, greatest(now(), f.scheduled_enqueue_time)
+    FROM first_of_id f JOIN accepted a USING (message_id)
+    ORDER BY f.position
+    RETURNING 1
+),
+notified AS (
+    SELECT pg_notify('local_bus', %(queue)s)::text FROM (SELECT 1 FROM inserted LIMIT 1) AS any_row
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM notified)
+"""
+
+_RECEIVE = sql.SQL(
+    """
+WITH candidate AS (
+    SELECT m.sequence_number, m.delivery_count
+    FROM local_bus_messages m
+    WHERE m.queue = %(queue)s AND m.session_id IS NULL AND m.visible_at <= now()
+      AND (m.lock_token IS NULL OR m.locked_until <= now())
+    ORDER BY m.sequence_number
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+),
+exhausted AS (
+    DELETE FROM local_bus_messages m USING candidate c
+    WHERE m.sequence_number = c.sequence_number AND c.delivery_count >= %(max_delivery_count)s
+    RETURNING m.*
+),
+dead_lettered AS (
+    INSERT INTO local_bus_dead_letters ({copy}, dead_letter_reason, dead_letter_description)
+    SELECT {copy}, %(exhausted_reason)s, %(exhausted_description)s FROM exhausted
+),
+delivered AS (
+    UPDATE local_bus_messages m
+    SET delivery_count = m.delivery_count + 1, lock_token = gen_random_uuid(),
+        locked_until = now() + %(lock_duration)s, session_lock_token = NULL
+    FROM candidate c
+    WHERE m.sequence_number = c.sequence_number AND c.delivery_count < %(max_delivery_count)s
+    RETURNING {returned}
+)
+SELECT true AS session_held, (SELECT count(*) FROM exhausted) AS exhausted, m.*
+FROM (VALUES (1)) AS one (x) LEFT JOIN delivered m ON true
+"""
+).format(copy=_DEAD_LETTER_COPY, returned=_RETURNED)
+
+_RECEIVE_FROM_SESSION = sql.SQL(
+    """
+WITH held AS (
+    SELECT 1 FROM local_bus_sessions s
+    WHERE s.queue = %(queue)s AND s.session_id = %(session_id)s
+      AND s.lock_token = %(session_lock_token)s AND s.locked_until > now()
+),
+in_flight AS (
+    SELECT 1 FROM local_bus_messages f
+    WHERE f.queue = %(queue)s AND f.session_id = %(session_id)s AND f.lock_token IS NOT NULL
+      AND f.locked_until > now() AND f.session_lock_token = %(session_lock_token)s
+    LIMIT 1
+),
+candidate AS (
+    -- No SKIP LOCKED: the session is ours, and skipping its head row would break FIFO order.
+    SELECT m.sequence_number, m.delivery_count
+    FROM local_bus_messages m
+    WHERE m.queue = %(queue)s AND m.session_id = %(session_id)s AND m.visible_at <= now()
+      AND EXISTS (SELECT 1 FROM held) AND NOT EXISTS (SELECT 1 FROM in_flight)
+    ORDER BY m.sequence_number
+    LIMIT 1
+    FOR UPDATE OF m
+),
+exhausted AS (
+    DELETE FROM local_bus_messages m USING candidate c
+    WHERE m.sequence_number = c.sequence_number AND c.delivery_count >= %(max_delivery_count)s
+    RETURNING m.*
+),
+dead_lettered AS (
+    INSERT INTO local_bus_dead_letters ({copy}, dead_letter_reason, dead_letter_description)
+    SELECT {copy}, %(exhausted_reason)s, %(exhausted_description)s FROM exhausted
+),
+delivered AS (
+    UPDATE local_bus_messages m
+    SET delivery_count = m.delivery_count + 1, lock_token = gen_random_uuid(),
+        locked_until = now() + %(lock_duration)s, session_lock_token = %(session_lock_token)s
+    FROM candidate c
+    WHERE m.sequence_number = c.sequence_number AND c.delivery_count < %(max_delivery_count)s
+    RETURNING {returned}
+)
+SELECT EXISTS (SELECT 1 FROM held) AS session_held,
+       (SELECT count(*) FROM exhausted) AS exhausted, m.*
+FROM (VALUES (1)) AS one (x) LEFT JOIN delivered m ON true
+"""
+).format(copy=_DEAD_LETTER_COPY, returned=_RETURNED)
+
+_ACCEPT_SESSION: Final = """
+WITH candidate AS (
+    -- The oldest deliverable message of a session nobody holds. The held sessions are read once
+    -- into an array: comparing against it is what keeps skipping a long backlog of held sessions
+    -- cheap. SKIP LOCKED makes concurrent acceptors pass over each other's candidate.
+    SELECT m.session_id
+    FROM local_bus_messages m
+    WHERE m.queue = %(queue)s AND m.session_id IS NOT NULL AND m.visible_at <= now()
+      AND m.session_id <> ALL (ARRAY(
+          SELECT s.session_id FROM local_bus_sessions s
+          WHERE s.queue = %(queue)s AND s.locked_until > now()))
+    ORDER BY m.sequence_number
+    LIMIT 1
+    FOR UPDATE OF m SKIP LOCKED
+),
+locked AS (
+    -- The conflict check settles a race between two acceptors that picked the same session.
+    INSERT INTO local_bus_sessions AS s (queue, session_id, lock_token, locked_until)
+    SELECT %(queue)s, session_id, gen_random_uuid(), now() + %(lock_duration)s FROM candidate
+    ON CONFLICT (queue, session_id) DO UPDATE
+        SET lock_token = excluded.lock_token, locked_until = excluded.locked_until
+        WHERE s.locked_until <= now()
+    RETURNING s.session_id, s.lock_token, s.locked_until
+)
+SELECT (SELECT count(*) FROM candidate) AS candidates, l.session_id, l.lock_token, l.locked_until
+FROM (VALUES (1)) AS one (x) LEFT JOIN locked l ON true
+"""
+
+_RENEW_SESSION_LOCK: Final = """
+UPDATE local_bus_sessions
+SET locked_until = now() + %(lock_duration)s
+WHERE queue = %(queue)s AND session_id = %(session_id)s
+  AND lock_token = %(session_lock_token)s AND locked_until > now()
+RETURNING locked_until
+"""
+
+_RELEASE_SESSION: Final = """
+WITH released AS (
+    DELETE FROM local_bus_sessions
+    WHERE queue = %(queue)s AND session_id = %(session_id)s AND lock_token = %(session_lock_token)s
+    RETURNING queue
+),
+-- Another acceptor may now take the session if it still has messages.
+notified AS (SELECT pg_notify('local_bus', queue)::text FROM released)
+SELECT count(*) FROM notified
+"""
+
+_COMPLETE = sql.SQL("DELETE FROM local_bus_messages m WHERE {valid}").format(valid=_LOCK_IS_VALID)
+
+_ABANDON = sql.SQL(
+    """
+WITH exhausted AS (
+    DELETE FROM local_bus_messages m
+    WHERE {valid} AND m.delivery_count >= %(max_delivery_count)s
+    RETURNING m.*
+),
+dead_lettered AS (
+    INSERT INTO local_bus_dead_letters ({copy}, dead_letter_reason, dead_letter_description)
+    SELECT {copy}, %(exhausted_reason)s, %(exhausted_description)s FROM exhausted
+),
+released AS (
+    UPDATE local_bus_messages m
+    SET lock_token = NULL, locked_until = NULL, session_lock_token = NULL
+    WHERE {valid} AND m.delivery_count < %(max_delivery_count)s
+    RETURNING m.queue
+),
+notified AS (SELECT pg_notify('local_bus', queue)::text FROM released)
+SELECT (SELECT count(*) FROM exhausted) + (SELECT count(*) FROM notified)
+"""
+).format(valid=_LOCK_IS_VALID, copy=_DEAD_LETTER_COPY)
+
+_DEAD_LETTER = sql.SQL(
+    """
+WITH removed AS (DELETE FROM local_bus_messages m WHERE {valid} RETURNING m.*)
+INSERT INTO local_bus_dead_letters ({copy}, dead_letter_reason, dead_letter_description)
+SELECT {copy}, %(reason)s, %(description)s FROM removed
+"""
+).format(valid=_LOCK_IS_VALID, copy=_DEAD_LETTER_COPY)
+
+_RENEW_MESSAGE_LOCK = sql.SQL(
+    """
+UPDATE local_bus_messages m SET locked_until = now() + %(lock_duration)s
+WHERE {valid}
+RETURNING m.locked_until
+"""
+).format(valid=_LOCK_IS_VALID)
+
+# Seconds until something a receiver of the queue may be waiting for becomes due: a scheduled
+# message turning visible, a message lock or a (non-empty) session's lock expiring.
+_SECONDS_UNTIL_DUE: Final = """
+SELECT extract(epoch FROM least(
+    (SELECT min(visible_at) FROM local_bus_messages
+     WHERE queue = %(queue)s AND scheduled_enqueue_time IS NOT NULL AND visible_at > now()),
+    (SELECT min(locked_until) FROM local_bus_messages
+     WHERE queue = %(queue)s AND lock_token IS NOT NULL AND locked_until > now()),
+    (SELECT min(s.locked_until) FROM local_bus_sessions s
+     WHERE s.queue = %(queue)s AND s.locked_until > now()
+       AND EXISTS (SELECT 1 FROM local_bus_messages m
+                   WHERE m.queue = s.queue AND m.session_id = s.session_id))
+) - clock_timestamp())::float8
+"""
+
+_DEAD_LETTERS: Final = """
+SELECT queue, sequence_number, message_id, session_id, body, delivery_count,
+       dead_letter_reason, dead_letter_description, dead_lettered_at
+FROM local_bus_dead_letters
+WHERE queue = %(queue)s
+ORDER BY sequence_number
+LIMIT %(limit)s
+"""
+
+_COUNT_ACTIVE: Final = """
+SELECT count(*) FROM local_bus_messages WHERE queue = %(queue)s AND visible_at <= now()
+"""
+
+_PURGE_EXPIRED: Final = """
+WITH stale_sessions AS (
+    -- Lock rows left behind by holders that never closed; an expired lock protects nothing.
+    DELETE FROM local_bus_sessions WHERE locked_until <= now() - interval '1 hour'
+)
+DELETE FROM local_bus_duplicates WHERE expires_at <= now()
+"""
+
+
+# The activity generation each task saw when it last looked at a queue, so that
+# ``receive(); wait_for_activity()`` cannot miss a publish landing between the two calls. Keyed by
+# (id(LocalQueue), queue); immutable, so tasks that inherit the context never share updates.
+_SEEN_GENERATION: ContextVar[Mapping[tuple[int, str], int]] = ContextVar(
+    "local_bus_seen_generation"
+)
+
+
+class SessionReceiver:
+    """Holds one session's lock; receives that session's messages in order."""
+
+    session_id: str
+    locked_until: datetime
+
+    def __init__(
+        self,
+        bus: LocalQueue,
+        *,
+        queue: str,
+        session_id: str,
+        lock_token: str,
+        locked_until: datetime,
+    ) -> None:
+        self._bus = bus
+        self.queue = queue
+        self.session_id = session_id
+        self.lock_token = lock_token
+        self.locked_until = locked_until
+        self._closed = False
+        # One statement at a time per holder keeps "one message in flight" airtight.
+        self._lock = asyncio.Lock()
+
+    async def receive(self, *, wait: float = 0.0) -> ReceivedMessage | None:
+        """The session's next message, or None when none arrives within ``wait`` seconds.
+
+        Raises :class:`SessionLockLost` when the session lock is no longer held.
+        """
+        if self._closed:
+            raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
+        return await self._bus._receive_until(self.queue, wait, session=self)
+
+    async def renew_session_lock(self) -> datetime:
+        if self._closed:
+            raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
+        self.locked_until = await self._bus._renew_session_lock(self)
+        return self.locked_until
+
+    async def close(self) -> None:
+        """Release the session lock (messages stay for the next holder)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._bus._release_session(self)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class LocalQueue:
+    """Implements ``MessageBus`` (publish/close) plus the receive side the dev host uses."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        options: Mapping[str, QueueOptions] | None = None,
+        default_options: QueueOptions = _DEFAULT_OPTIONS,
+    ) -> None:
+        self._pool = pool
+        self._options = dict(options or {})
+        self._default_options = default_options
+        self._closed = False
+        # Fan-out of the one LISTEN connection: per queue a counter of notifications seen and an
+        # event the current waiters sleep on (replaced after each wake-up).
+        self._notified: dict[str, int] = {}
+        self._epoch = 0
+        self._events: dict[str, asyncio.Event] = {}
+        self._listening = asyncio.Event()
+        self._listened_once = False
+        self._listener: asyncio.Task[None] | None = None
+
+    def options_for(self, queue: str) -> QueueOptions:
+        return self._options.get(queue, self._default_options)
+
+    # --- MessageBus ---------------------------------------------------------------------------
+
+    async def publish(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        for message in messages:
+            when = message.scheduled_enqueue_time
+            if when is not None and when.utcoffset() is None:
+                raise ValueError(f"scheduled_enqueue_time of {message.message_id!r} is naive")
+        params = {
+            "queue": queue,
+            "window": self.options_for(queue).duplicate_detection_window,
+            "message_ids": [m.message_id for m in messages],
+            "session_ids": [m.session_id for m in messages],
+            "bodies": [m.body for m in messages],
+            "content_types": [m.content_type for m in messages],
+            "subjects": [m.subject for m in messages],
+            "properties": [json.dumps(dict(m.application_properties)) for m in messages],
+            "scheduled": [m.scheduled_enqueue_time for m in messages],
+        }
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(_PUBLISH, params)
+                row = await cursor.fetchone()
+        except psycopg.Error as error:
+            raise PublishError(f"local bus rejected {len(messages)} message(s): {error}") from error
+        published = row[0] if row else 0
+        if published < len(messages):
+            logger.debug(
+                "queue %s: %s of %s message(s) dropped as duplicates",
+                queue,
+                len(messages) - published,
+                len(messages),
+            )
+
+    async def close(self) -> None:
+        """Stop listening; the pool belongs to the caller and stays open."""
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        self._wake_everyone()
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    async def accept_next_session(self, queue: str, *, wait: float = 0.0) -> SessionReceiver | None:
+        """Lock a session that has a deliverable message, or None after ``wait`` seconds."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            # Listening before the first query, even without a wait, means a later
+            # wait_for_activity knows whether anything was published since this query.
+            await self._ensure_listening()
+            seen = self._remember_generation(queue)
+            receiver = await self._try_accept(queue)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if receiver is not None or remaining <= 0 or self._closed:
+                return receiver
+            await self._wait(queue, remaining, seen)
+
+    async def receive(self, queue: str, *, wait: float = 0.0) -> ReceivedMessage | None:
+        """Receive from the messages without a session id."""
+        return await self._receive_until(queue, wait, session=None)
+
+    async def complete(self, message: ReceivedMessage) -> None:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_COMPLETE, _lock_params(message))
+            done = cursor.rowcount
+        if done != 1:
+            raise MessageLockLost(_lock_lost(message))
+
+    async def abandon(self, message: ReceivedMessage) -> None:
+        options = self.options_for(message.queue)
+        params = _lock_params(message) | _exhausted_params(options)
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_ABANDON, params)
+            row = await cursor.fetchone()
+        if not row or row[0] != 1:
+            raise MessageLockLost(_lock_lost(message))
+
+    async def dead_letter(
+        self, message: ReceivedMessage, *, reason: str, description: str | None = None
+    ) -> None:
+        params = _lock_params(message) | {"reason": reason, "description": description}
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_DEAD_LETTER, params)
+            done = cursor.rowcount
+        if done != 1:
+            raise MessageLockLost(_lock_lost(message))
+
+    async def renew_message_lock(self, message: ReceivedMessage) -> datetime:
+        """Extend the lock by the queue's lock duration; returns the new expiry.
+
+        The :class:`ReceivedMessage` is immutable, so its ``locked_until`` keeps the old value.
+        """
+        params = _lock_params(message)
+        params["lock_duration"] = self.options_for(message.queue).lock_duration
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_RENEW_MESSAGE_LOCK, params)
+            row = await cursor.fetchone()
+        if row is None:
+            raise MessageLockLost(_lock_lost(message))
+        return _utc(row[0])
+
+    # The dev host's contract names it ``timeout``; the wait mixes notifications and due times,
+    # which a caller-side asyncio.timeout could not express.
+    async def wait_for_activity(self, queue: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Return when a message was published to ``queue`` (LISTEN/NOTIFY) or a scheduled
+        message became due, or after ``timeout`` seconds; an idle wait runs no queries.
+
+        A publish that landed after this task's last receive on ``queue`` returns at once, so the
+        ``receive(); wait_for_activity()`` loop never sleeps through a message. After
+        :meth:`close` it returns at once.
+        """
+        await self._ensure_listening()
+        seen = _SEEN_GENERATION.get({}).get((id(self), queue))
+        if seen is None:
+            seen = self._generation(queue)
+        await self._wait(queue, timeout, seen)
+        self._remember_generation(queue)
+
+    # --- inspection and housekeeping ----------------------------------------------------------
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetteredMessage]:
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(_DEAD_LETTERS, {"queue": queue, "limit": limit})
+            rows = await cursor.fetchall()
+        return [
+            DeadLetteredMessage(
+                queue=row["queue"],
+                sequence_number=row["sequence_number"],
+                message_id=row["message_id"],
+                session_id=row["session_id"],
+                body=bytes(row["body"]),
+                delivery_count=row["delivery_count"],
+                dead_letter_reason=row["dead_letter_reason"],
+                dead_letter_description=row["dead_letter_description"],
+                dead_lettered_at=_utc(row["dead_lettered_at"]),
+            )
+            for row in rows
+        ]
+
+    async def purge_expired_duplicates(self) -> int:
+        """Forget message ids past their duplicate detection window; returns how many.
+
+        Also drops session lock rows abandoned by holders that never closed them.
+        """
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_PURGE_EXPIRED)
+            purged = cursor.rowcount
+        return max(purged, 0)
+
+    async def count_active(self, queue: str) -> int:
+        """Messages that are visible now, locked or not (scheduled ones are not active yet)."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_COUNT_ACTIVE, {"queue": queue})
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    # --- internals ----------------------------------------------------------------------------
+
+    async def _receive_until(
+        self, queue: str, wait: float, *, session: SessionReceiver | None
+    ) -> ReceivedMessage | None:
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            # Listening before the first query, even without a wait, means a later
+            # wait_for_activity knows whether anything was published since this query.
+            await self._ensure_listening()
+            seen = self._remember_generation(queue)
+            if session is None:
+                message = await self._try_receive(queue, None)
+            else:
+                async with session._lock:
+                    message = await self._try_receive(queue, session)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if message is not None or remaining <= 0 or self._closed:
+                return message
+            await self._wait(queue, remaining, seen)
+
+    async def _try_receive(
+        self, queue: str, session: SessionReceiver | None
+    ) -> ReceivedMessage | None:
+        options = self.options_for(queue)
+        params: dict[str, Any] = {
+            "queue": queue,
+            "lock_duration": options.lock_duration,
+            **_exhausted_params(options),
+        }
+        statement = _RECEIVE
+        if session is not None:
+            statement = _RECEIVE_FROM_SESSION
+            params["session_id"] = session.session_id
+            params["session_lock_token"] = uuid.UUID(session.lock_token)
+        while True:
+            async with self._pool.connection() as conn:
+                cursor = conn.cursor(row_factory=dict_row)
+                await cursor.execute(statement, params)
+                row = await cursor.fetchone()
+            assert row is not None  # the statement always returns exactly one row
+            if not row["session_held"]:
+                assert session is not None
+                raise SessionLockLost(f"lock on session {session.session_id!r} was lost")
+            if row["sequence_number"] is not None:
+                return _received(row)
+            if not row["exhausted"]:
+                return None
+            logger.info(
+                "queue %s: dead-lettered a message past %s deliveries",
+                queue,
+                options.max_delivery_count,
+            )
+
+    async def _try_accept(self, queue: str) -> SessionReceiver | None:
+        params = {"queue": queue, "lock_duration": self.options_for(queue).lock_duration}
+        for _ in range(_ACCEPT_ATTEMPTS):
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(_ACCEPT_SESSION, params)
+                row = await cursor.fetchone()
+            assert row is not None  # the statement always returns exactly one row
+            candidates, session_id, lock_token, locked_until = row
+            if session_id is not None:
+                return SessionReceiver(
+                    self,
+                    queue=queue,
+                    session_id=session_id,
+                    lock_token=str(lock_token),
+                    locked_until=_utc(locked_until),
+                )
+            if not candidates:
+                return None
+            # Another acceptor locked the same session in the same instant: look again.
+        return None
+
+    async def _renew_session_lock(self, session: SessionReceiver) -> datetime:
+        params = _session_params(session)
+        params["lock_duration"] = self.options_for(session.queue).lock_duration
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_RENEW_SESSION_LOCK, params)
+            row = await cursor.fetchone()
+        if row is None:
+            raise SessionLockLost(f"lock on session {session.session_id!r} was lost")
+        return _utc(row[0])
+
+    async def _release_session(self, session: SessionReceiver) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(_RELEASE_SESSION, _session_params(session))
+
+    # --- waiting: one LISTEN connection, fanned out to asyncio waiters --------------------------
+
+    def _generation(self, queue: str) -> int:
+        # The epoch moves on every (re)connect of the listener: notifications may have been missed.
+        return self._epoch + self._notified.get(queue, 0)
+
+    def _remember_generation(self, queue: str) -> int:
+        generation = self._generation(queue)
+        seen = _SEEN_GENERATION.get({})
+        if seen.get((id(self), queue)) != generation:
+            _SEEN_GENERATION.set({**seen, (id(self), queue): generation})
+        return generation
+
+    async def _wait(self, queue: str, seconds: float, seen: int) -> None:
+        """Sleep until a notification for ``queue`` after generation ``seen``, the next due time,
+        or ``seconds``, whichever comes first."""
+        if self._closed or seconds <= 0 or self._generation(queue) != seen:
+            return
+        listening = self._listening.is_set()
+        due = await self._seconds_until_due(queue)
+        if self._generation(queue) != seen:
+            return  # a notification arrived during the query
+        delay = seconds
+        if due is not None:
+            delay = min(delay, max(due, 0.0) + _DUE_MARGIN_SECONDS)
+        if not listening:
+            delay = min(delay, _DEAF_POLL_SECONDS)
+        event = self._events.get(queue)
+        if event is None:
+            event = self._events[queue] = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await event.wait()
+
+    async def _seconds_until_due(self, queue: str) -> float | None:
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(_SECONDS_UNTIL_DUE, {"queue": queue})
+                row = await cursor.fetchone()
+        except psycopg.Error as error:
+            logger.warning("queue %s: cannot compute the next due time: %s", queue, error)
+            return _DEAF_POLL_SECONDS
+        return None if row is None or row[0] is None else float(row[0])
+
+    def _on_notify(self, queue: str) -> None:
+        self._notified[queue] = self._notified.get(queue, 0) + 1
+        event = self._events.pop(queue, None)
+        if event is not None:
+            event.set()
+
+    def _wake_everyone(self) -> None:
+        self._epoch += 1
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
+
+    async def _ensure_listening(self) -> bool:
+        """Start the listener on first use; True while its LISTEN is in place.
+
+        Callers wait for the listener's first start only: while it reconnects later, waiters
+        poll instead of every receive stalling until the database is back.
+        """
+        if self._closed:
+            return False
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen_forever(), name="local-bus-listener")
+        if not self._listened_once:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_LISTENER_READY_TIMEOUT):
+                    await self._listening.wait()
+        return self._listening.is_set()
+
+    async def _listen_forever(self) -> None:
+        backoff = _RECONNECT_MIN_SECONDS
+        while not self._closed:
+            try:
+                conn = await self._connect_listener()
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                    backoff = _RECONNECT_MIN_SECONDS
+                    self._listening.set()
+                    self._listened_once = True
+                    # Whatever was published while not listening is unknown: wake everyone.
+                    self._wake_everyone()
+                    async for notify in conn.notifies():
+                        self._on_notify(notify.payload)
+            except psycopg.Error as error:
+                logger.warning(
+                    "local bus listener lost its connection (%s); retrying in %.1f s",
+                    type(error).__name__,
+                    backoff,
+                )
+            except Exception:
+                # Never let the listener die: waiters would silently fall back to polling.
+                logger.exception("local bus listener failed; retrying in %.1f s", backoff)
+            finally:
+                self._listening.clear()
+                self._wake_everyone()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _RECONNECT_MAX_SECONDS)
+
+    async def _connect_listener(self) -> psycopg.AsyncConnection[Any]:
+        # The pool's own conninfo and kwargs (which may be callables, e.g. for an Entra ID token),
+        # but a connection of its own: LISTEN needs one that is never handed to anyone else.
+        conninfo: Any = self._pool.conninfo
+        if callable(conninfo):
+            conninfo = conninfo()
+            if inspect.isawaitable(conninfo):
+                conninfo = await conninfo
+        kwargs: Any = self._pool.kwargs
+        if callable(kwargs):
+            kwargs = kwargs()
+            if inspect.isawaitable(kwargs):
+                kwargs = await kwargs
+        kwargs = dict(kwargs or {})
+        kwargs["autocommit"] = True
+        name = kwargs.get("application_name")
+        if name:
+            kwargs["application_name"] = f"{name}-listener"
+        return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _lock_params(message: ReceivedMessage) -> dict[str, Any]:
+    try:
+        token = uuid.UUID(message.lock_token)
+    except ValueError as error:
+        raise MessageLockLost(f"not a lock token: {message.lock_token!r}") from error
+    return {"sequence_number": message.sequence_number, "lock_token": token}
+
+
+def _session_params(session: SessionReceiver) -> dict[str, Any]:
+    return {
+        "queue": session.queue,
+        "session_id": session.session_id,
+        "session_lock_token": uuid.UUID(session.lock_token),
+    }
+
+
+def _exhausted_params(options: QueueOptions) -> dict[str, Any]:
+    return {
+        "max_delivery_count": options.max_delivery_count,
+        "exhausted_reason": MAX_DELIVERY_COUNT_EXCEEDED,
+        # Service Bus's own wording, so dashboards read the same locally and in Azure.
+        "exhausted_description": (
+            f"Message could not be consumed after {options.max_delivery_count} delivery attempts."
+        ),
+    }
+
+
+def _lock_lost(message: ReceivedMessage) -> str:
+    return (
+        f"lock on message {message.sequence_number} of queue {message.queue!r} expired "
+        "or was taken over"
+    )
+
+
+def _received(row: DictRow) -> ReceivedMessage:
+    scheduled = row["scheduled_enqueue_time"]
+    return ReceivedMessage(
+        queue=row["queue"],
+        sequence_number=row["sequence_number"],
+        message_id=row["message_id"],
+        session_id=row["session_id"],
+        body=bytes(row["body"]),
+        content_type=row["content_type"],
+        subject=row["subject"],
+        application_properties=row["application_properties"],
+        delivery_count=row["delivery_count"],
+        enqueued_time=_utc(row["enqueued_at"]),
+        scheduled_enqueue_time=None if scheduled is None else _utc(scheduled),
+        lock_token=str(row["lock_token"]),
+        locked_until=_utc(row["locked_until"]),
+    )

@@ -1,0 +1,46 @@
+"""The bus port: what the domain needs from a queue, whichever broker carries it.
+
+Publishing is the only thing the domain does with the bus; receiving is the trigger's business
+(the Functions host in Azure, the local dev host here), so receiving lives on the local adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+__all__ = ["MessageBus", "OutgoingMessage", "PropertyValue", "PublishError"]
+
+PropertyValue = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutgoingMessage:
+    """One message to publish, with the Service Bus fields we rely on.
+
+    ``message_id`` drives duplicate detection; ``session_id`` keeps a conversation's messages in
+    order and on one consumer at a time; ``scheduled_enqueue_time`` (timezone-aware) delays
+    delivery, which is how back-off works without sleeping inside a function.
+    """
+
+    body: bytes
+    message_id: str
+    session_id: str | None = None
+    application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
+    content_type: str = "application/json"
+    subject: str | None = None
+    scheduled_enqueue_time: datetime | None = None
+
+
+class PublishError(RuntimeError):
+    """The broker did not accept the messages; the caller keeps them for a later retry."""
+
+
+class MessageBus(Protocol):
+    async def publish(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+        """Send all messages or raise :class:`PublishError`; re-sending the same ids is harmless."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,193 @@
+"""Typed settings, built once from the environment (and Key Vault). No other module reads os.environ.
+
+Setting names are the seed specification's (``WHATSAPP_*``) plus the bridge's own. Secrets
+(``SECRET_SETTINGS``) come through :mod:`shared_code.secrets`. A missing required setting raises
+:class:`ConfigurationError` naming every missing one at once, so a deployment fails at start with
+one readable message instead of a ``KeyError`` on the first webhook.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from shared_code.secrets import EnvironmentSecrets, KeyVaultSecrets, Secret, SecretSource
+
+__all__ = [
+    "DEFAULT_GRAPH_BASE_URL",
+    "SECRET_SETTINGS",
+    "ConfigurationError",
+    "Settings",
+    "load_settings",
+]
+
+DEFAULT_API_VERSION = "v18.0"
+DEFAULT_GRAPH_BASE_URL = "https://graph.facebook.com"
+DEFAULT_INBOUND_QUEUE = "inbound-events"
+DEFAULT_OUTBOUND_QUEUE = "outbound-messages"
+
+SECRET_SETTINGS = (
+    "WHATSAPP_ACCESS_TOKEN",
+    "WHATSAPP_APP_SECRET",
+    "WHATSAPP_WEBHOOK_VERIFY_TOKEN",
+    "DATABASE_URL",
+)
+
+BusBackend = Literal["azure", "local"]
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceBusSettings:
+    """How to reach Azure Service Bus: the same ``ServiceBusConnection`` settings the triggers use."""
+
+    connection_string: Secret | None = None
+    fully_qualified_namespace: str | None = None
+    managed_identity_client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    whatsapp_access_token: Secret
+    whatsapp_phone_number_id: str
+    whatsapp_business_account_id: str | None
+    whatsapp_webhook_verify_token: Secret
+    whatsapp_app_secret: Secret
+    whatsapp_api_version: str = DEFAULT_API_VERSION
+    whatsapp_graph_base_url: str = DEFAULT_GRAPH_BASE_URL
+    database_url: Secret
+    database_pool_max_size: int = 10
+    key_vault_url: str | None = None
+    bus_backend: BusBackend = "azure"
+    service_bus: ServiceBusSettings = ServiceBusSettings()
+    inbound_queue_name: str = DEFAULT_INBOUND_QUEUE
+    outbound_queue_name: str = DEFAULT_OUTBOUND_QUEUE
+    outbox_sweep_min_age_seconds: int = 30
+
+    @classmethod
+    def from_environment(
+        cls, environ: Mapping[str, str] | None = None, secrets: SecretSource | None = None
+    ) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        reader = _Reader(env, secrets or _secret_source(env))
+        bus_backend = reader.choice("BUS_BACKEND", ("azure", "local"), default="azure")
+        service_bus = ServiceBusSettings(
+            connection_string=_optional_secret(env.get("ServiceBusConnection")),
+            fully_qualified_namespace=_optional(
+                env.get("ServiceBusConnection__fullyQualifiedNamespace")
+            ),
+            managed_identity_client_id=_optional(env.get("ServiceBusConnection__clientId")),
+        )
+        if (
+            bus_backend == "azure"
+            and service_bus.connection_string is None
+            and service_bus.fully_qualified_namespace is None
+        ):
+            reader.missing.append(
+                "ServiceBusConnection__fullyQualifiedNamespace (or ServiceBusConnection)"
+            )
+        settings = cls(
+            whatsapp_access_token=reader.secret("WHATSAPP_ACCESS_TOKEN"),
+            whatsapp_phone_number_id=reader.required("WHATSAPP_PHONE_NUMBER_ID"),
+            whatsapp_business_account_id=reader.optional("WHATSAPP_BUSINESS_ACCOUNT_ID"),
+            whatsapp_webhook_verify_token=reader.secret("WHATSAPP_WEBHOOK_VERIFY_TOKEN"),
+            whatsapp_app_secret=reader.secret("WHATSAPP_APP_SECRET"),
+            whatsapp_api_version=reader.optional("WHATSAPP_API_VERSION") or DEFAULT_API_VERSION,
+            whatsapp_graph_base_url=(
+                reader.optional("WHATSAPP_GRAPH_BASE_URL") or DEFAULT_GRAPH_BASE_URL
+            ).rstrip("/"),
+            database_url=reader.secret("DATABASE_URL"),
+            database_pool_max_size=reader.integer("DATABASE_POOL_MAX_SIZE", default=10, minimum=2),
+            key_vault_url=reader.optional("KEY_VAULT_URL"),
+            bus_backend=bus_backend,
+            service_bus=service_bus,
+            inbound_queue_name=reader.optional("INBOUND_QUEUE_NAME") or DEFAULT_INBOUND_QUEUE,
+            outbound_queue_name=reader.optional("OUTBOUND_QUEUE_NAME") or DEFAULT_OUTBOUND_QUEUE,
+            outbox_sweep_min_age_seconds=reader.integer(
+                "OUTBOX_SWEEP_MIN_AGE_SECONDS", default=30, minimum=1
+            ),
+        )
+        reader.raise_if_incomplete()
+        return settings
+
+
+def load_settings() -> Settings:
+    return Settings.from_environment()
+
+
+def _secret_source(env: Mapping[str, str]) -> SecretSource:
+    from_env = EnvironmentSecrets(env)
+    vault_url = _optional(env.get("KEY_VAULT_URL"))
+    if vault_url is None:
+        return from_env
+    return KeyVaultSecrets.for_vault(vault_url, fallback=from_env)
+
+
+def _optional(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value or None
+
+
+def _optional_secret(value: str | None) -> Secret | None:
+    value = _optional(value)
+    return Secret(value) if value else None
+
+
+class _Reader:
+    """Collects every problem before raising, so one start-up failure names them all."""
+
+    def __init__(self, env: Mapping[str, str], secrets: SecretSource) -> None:
+        self._env = env
+        self._secrets = secrets
+        self.missing: list[str] = []
+        self.malformed: list[str] = []
+
+    def optional(self, name: str) -> str | None:
+        return _optional(self._env.get(name))
+
+    def required(self, name: str) -> str:
+        value = self.optional(name)
+        if value is None:
+            self.missing.append(name)
+            return ""
+        return value
+
+    def secret(self, name: str) -> Secret:
+        value = self._secrets.get(name)
+        if not value:
+            self.missing.append(name)
+            return Secret("")
+        return Secret(value)
+
+    def integer(self, name: str, *, default: int, minimum: int) -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.malformed.append(f"{name} must be an integer")
+            return default
+        if value < minimum:
+            self.malformed.append(f"{name} must be at least {minimum}")
+        return value
+
+    def choice(self, name: str, allowed: tuple[str, ...], *, default: str) -> BusBackend:
+        value = (self.optional(name) or default).lower()
+        if value not in allowed:
+            self.malformed.append(f"{name} must be one of {', '.join(allowed)}")
+            value = default
+        return "local" if value == "local" else "azure"
+
+    def raise_if_incomplete(self) -> None:
+        problems = []
+        if self.missing:
+            problems.append("missing required setting(s): " + ", ".join(self.missing))
+        problems.extend(self.malformed)
+        if problems:
+            raise ConfigurationError("; ".join(problems))

@@ -1,0 +1,1 @@
+"""PostgreSQL access: the async pool, versioned migrations, one repository module per aggregate."""

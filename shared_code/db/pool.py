@@ -1,0 +1,28 @@
+"""The async connection pool shared by everything in one worker process."""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["Connection", "Pool", "open_pool"]
+
+Connection = AsyncConnection[TupleRow]
+Pool = AsyncConnectionPool[Connection]
+
+
+async def open_pool(database_url: str, *, max_size: int = 10, name: str = "bridge") -> Pool:
+    """Open a pool and wait until its first connection works, so a bad URL fails at start."""
+    pool: Pool = AsyncConnectionPool(
+        database_url,
+        min_size=1,
+        max_size=max_size,
+        name=name,
+        open=False,
+        # A connection broken by a server restart is replaced instead of failing a request.
+        check=AsyncConnectionPool.check_connection,
+        kwargs={"application_name": f"whatsapp-bridge-{name}"},
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool

@@ -1,0 +1,129 @@
+"""The processor: turns one queued webhook event into rows, then hands messages to routing.
+
+Every step is idempotent because the bus delivers at least once: a known wamid changes nothing,
+a known (wamid, status) changes nothing, and statuses fold monotonically whatever their order.
+An event that cannot be parsed is logged and dropped (its raw webhook stays stored); a database
+failure raises so the bus redelivers, and dead-letters after the maximum delivery count.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from shared_code.db import conversations, statuses
+from shared_code.db.pool import Connection, Pool
+from shared_code.routing import InboundForRouting, Router
+from shared_code.whatsapp.payloads import (
+    MessageEvent,
+    PayloadError,
+    StatusEvent,
+    decode_event,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EventProcessor", "Outcome"]
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    STATUS_APPLIED = "status_applied"
+    STATUS_PENDING = "status_pending"  # no message with that wamid yet; kept in the history
+    STATUS_DUPLICATE = "status_duplicate"
+    REJECTED = "rejected"
+
+
+class _AlreadyStored(Exception):
+    pass
+
+
+class EventProcessor:
+    def __init__(self, pool: Pool, router: Router) -> None:
+        self._pool = pool
+        self._router = router
+
+    async def handle(self, body: bytes) -> Outcome:
+        try:
+            event = decode_event(body)
+        except PayloadError as error:
+            logger.warning("queued event dropped, unreadable: %s", error)
+            return Outcome.REJECTED
+        if isinstance(event, StatusEvent):
+            return await self._apply_status(event)
+        return await self._store_message(event)
+
+    async def _store_message(self, event: MessageEvent) -> Outcome:
+        message = event.message
+        row = conversations.InboundMessageRow(
+            wamid=message.id,
+            phone_number_id=event.phone_number_id,
+            contact_wa_id=message.from_,
+            profile_name=event.contact.name if event.contact else None,
+            message_type=message.type.value,
+            text_body=message.text_preview,
+            content=message.raw,
+            context_wamid=message.context.id if message.context else None,
+            whatsapp_timestamp=message.timestamp,
+        )
+        async with self._pool.connection() as conn:
+            stored = await self._insert_new(conn, row)
+            outcome = Outcome.STORED
+            if stored is None:
+                stored = await conversations.find_inbound(conn, message.id)
+                outcome = Outcome.DUPLICATE
+                if stored is None or stored.routed:
+                    return outcome
+        await self._router.route(
+            InboundForRouting(
+                message_id=stored.message_id,
+                conversation_id=stored.conversation_id,
+                contact_id=stored.contact_id,
+                wamid=message.id,
+                phone_number_id=event.phone_number_id,
+                contact_wa_id=message.from_,
+                message_type=message.type.value,
+                text=message.text_preview,
+                reply_id=message.reply_id,
+            )
+        )
+        async with self._pool.connection() as conn:
+            await conversations.mark_routed(conn, stored.message_id)
+        return outcome
+
+    @staticmethod
+    async def _insert_new(
+        conn: Connection, row: conversations.InboundMessageRow
+    ) -> conversations.StoredInbound | None:
+        try:
+            async with conn.transaction():
+                stored = await conversations.store_inbound(conn, row)
+                if stored is None:
+                    # Rolls back the contact/conversation touch of a redelivered message.
+                    raise _AlreadyStored
+        except _AlreadyStored:
+            return None
+        return stored
+
+    async def _apply_status(self, event: StatusEvent) -> Outcome:
+        status = event.status
+        error = status.errors[0] if status.errors else None
+        row = statuses.StatusRow(
+            wamid=status.id,
+            status=status.status,
+            status_timestamp=status.timestamp,
+            recipient_id=status.recipient_id,
+            error_code=error.code if error else None,
+            error_title=error.title if error else None,
+            error_details=error.details if error else None,
+            biz_opaque_callback_data=status.biz_opaque_callback_data,
+            payload=status.raw,
+        )
+        async with self._pool.connection() as conn:
+            new, applied = await statuses.record_status(conn, row)
+        if not new:
+            return Outcome.STATUS_DUPLICATE
+        if error is not None:
+            logger.warning("message status %s with error code %s", status.status, error.code)
+        return Outcome.STATUS_APPLIED if applied else Outcome.STATUS_PENDING

@@ -1,0 +1,45 @@
+"""The hand-over from stored inbound messages to whatever answers them (the orchestrator).
+
+The processor calls :meth:`Router.route` once a message is committed and marks it routed when the
+call returns; a message whose routing failed is routed again on redelivery, so a router must be
+idempotent per message (the orchestrator's replies carry the key ``reply:<wamid>``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["InboundForRouting", "LoggingRouter", "Router"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundForRouting:
+    message_id: int
+    conversation_id: int
+    contact_id: int
+    wamid: str
+    phone_number_id: str
+    contact_wa_id: str
+    message_type: str
+    text: str | None
+    reply_id: str | None
+
+
+class Router(Protocol):
+    async def route(self, message: InboundForRouting) -> None: ...
+
+
+class LoggingRouter:
+    """Placeholder until the orchestrator exists: records that a message is ready for an agent."""
+
+    async def route(self, message: InboundForRouting) -> None:
+        logger.info(
+            "message %d of conversation %d ready for routing (%s)",
+            message.message_id,
+            message.conversation_id,
+            message.message_type,
+        )

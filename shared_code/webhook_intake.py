@@ -1,0 +1,212 @@
+"""Webhook intake: verify, store, split and publish Meta's deliveries; answer fast.
+
+The answer codes are what Meta's retry logic needs:
+- 401 bad or missing signature (nothing stored), 413 body over 1 MiB;
+- 200 once the raw body is committed, whatever its content (an unreadable but signed body is
+  stored with a reason: answering an error would make Meta retry it for days);
+- 503 when the body could not be stored, so Meta delivers it again later.
+Publishing happens after the body is safely stored; when the broker refuses, the event stays
+``pending`` and the outbox sweeper (:mod:`shared_code.outbox`) publishes it later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from shared_code.batching import BatchingQueue
+from shared_code.bus.port import MessageBus, OutgoingMessage
+from shared_code.db import webhook_events
+from shared_code.db.pool import Pool
+from shared_code.whatsapp.signature import verify_signature
+from shared_code.whatsapp.webhook import SplitResult, split_webhook
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MAX_WEBHOOK_BODY_BYTES",
+    "IntakeAnswer",
+    "WebhookIntake",
+    "answer_verification",
+    "bus_messages_for",
+    "publish_events",
+    "split_body",
+]
+
+MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
+
+_json_decoder = msgspec.json.Decoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeAnswer:
+    status_code: int
+    body: str
+
+
+ACCEPTED = IntakeAnswer(200, "EVENT_RECEIVED")
+DUPLICATE = IntakeAnswer(200, "EVENT_RECEIVED")
+BAD_SIGNATURE = IntakeAnswer(401, "invalid or missing X-Hub-Signature-256")
+TOO_LARGE = IntakeAnswer(413, "body larger than 1 MiB")
+STORAGE_UNAVAILABLE = IntakeAnswer(503, "storage unavailable, retry later")
+
+
+def answer_verification(params: Mapping[str, str], verify_token: str) -> IntakeAnswer:
+    """Meta's subscription handshake: echo the challenge only for our token."""
+    mode = params.get("hub.mode")
+    token = params.get("hub.verify_token") or ""
+    challenge = params.get("hub.challenge")
+    if (
+        mode == "subscribe"
+        and challenge is not None
+        and hmac.compare_digest(token.encode(), verify_token.encode())
+    ):
+        return IntakeAnswer(200, challenge)
+    return IntakeAnswer(403, "verification failed")
+
+
+def split_body(body: bytes) -> SplitResult:
+    """Decode and split a signed body; never raises (unreadable bodies come back ``invalid``)."""
+    if not body.strip():
+        return SplitResult.invalid("empty body")
+    try:
+        payload = _json_decoder.decode(body)
+    except msgspec.DecodeError:
+        return SplitResult.invalid("body is not valid JSON")
+    return split_webhook(payload)
+
+
+def bus_messages_for(event_id: int, split: SplitResult) -> list[OutgoingMessage]:
+    messages = []
+    for event in split.events:
+        envelope = dict(event.envelope)
+        envelope["webhook_event_id"] = event_id
+        messages.append(
+            OutgoingMessage(
+                body=_json_encoder.encode(envelope),
+                message_id=event.message_id,
+                session_id=event.session_id,
+                subject=event.kind,
+                application_properties={"kind": event.kind, "webhook_event_id": event_id},
+            )
+        )
+    return messages
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    body: bytes
+    sha256: bytes
+    split: SplitResult
+
+
+class WebhookIntake:
+    def __init__(
+        self, *, pool: Pool, bus: MessageBus, queue: str, app_secret: str, max_batch: int = 256
+    ) -> None:
+        self._pool = pool
+        self._bus = bus
+        self._queue = queue
+        self._app_secret = app_secret
+        self._batches: BatchingQueue[_Delivery, bool] = BatchingQueue(
+            self._store_and_publish, max_batch=max_batch
+        )
+
+    async def receive(self, body: bytes, signature: str | None) -> IntakeAnswer:
+        if len(body) > MAX_WEBHOOK_BODY_BYTES:
+            return TOO_LARGE
+        if not verify_signature(body, signature, self._app_secret):
+            logger.warning("webhook rejected: invalid or missing signature (%d bytes)", len(body))
+            return BAD_SIGNATURE
+        split = split_body(body)
+        if split.status == "invalid":
+            logger.warning("signed webhook stored as invalid: %s", split.reason)
+        try:
+            inserted = await self._batches.submit(
+                _Delivery(body, hashlib.sha256(body).digest(), split)
+            )
+        except Exception:
+            logger.exception("webhook could not be stored; answering 503 so Meta retries")
+            return STORAGE_UNAVAILABLE
+        return ACCEPTED if inserted else DUPLICATE
+
+    async def _store_and_publish(self, deliveries: Sequence[_Delivery]) -> list[bool]:
+        unique: dict[bytes, _Delivery] = {}
+        for delivery in deliveries:
+            unique.setdefault(delivery.sha256, delivery)
+        async with self._pool.connection() as conn:
+            stored = await webhook_events.insert_events(
+                conn,
+                [
+                    webhook_events.NewWebhookEvent(
+                        body=d.body,
+                        body_sha256=d.sha256,
+                        object=d.split.object,
+                        fields=d.split.fields,
+                        status=d.split.status,
+                        reason=d.split.reason,
+                        event_count=len(d.split.events),
+                    )
+                    for d in unique.values()
+                ],
+            )
+        to_publish = [
+            (stored[sha].id, d.split)
+            for sha, d in unique.items()
+            if stored[sha].inserted and d.split.events
+        ]
+        await self.publish_stored(to_publish)
+        # A body repeated inside one batch is a duplicate after its first occurrence.
+        first_seen: set[bytes] = set()
+        results = []
+        for delivery in deliveries:
+            fresh = stored[delivery.sha256].inserted and delivery.sha256 not in first_seen
+            first_seen.add(delivery.sha256)
+            results.append(fresh)
+        return results
+
+    async def publish_stored(self, events: Sequence[tuple[int, SplitResult]]) -> bool:
+        """Publish stored events and record the outcome; False leaves them for the sweeper."""
+        if not events:
+            return True
+        event_ids = [event_id for event_id, _ in events]
+        try:
+            await publish_events(self._bus, self._queue, events)
+        except Exception as error:
+            logger.warning(
+                "publishing %d webhook events failed (%s); the outbox sweeper will retry",
+                len(event_ids),
+                type(error).__name__,
+            )
+            try:
+                async with self._pool.connection() as conn:
+                    await webhook_events.record_publish_failure(
+                        conn, event_ids, type(error).__name__
+                    )
+            except Exception:
+                logger.exception("could not record the publish failure")
+            return False
+        try:
+            async with self._pool.connection() as conn:
+                await webhook_events.mark_published(conn, event_ids)
+        except Exception:
+            # The broker has the messages; the sweeper's re-publish is dropped by message-id
+            # duplicate detection, so leaving the rows pending costs nothing but a retry.
+            logger.exception("published, but could not mark %d events published", len(event_ids))
+            return False
+        return True
+
+
+async def publish_events(
+    bus: MessageBus, queue: str, events: Sequence[tuple[int, SplitResult]]
+) -> None:
+    """Publish the bus messages of stored webhook events in one call (raises on refusal)."""
+    messages = [m for event_id, split in events for m in bus_messages_for(event_id, split)]
+    if messages:
+        await bus.publish(queue, messages)

@@ -1,0 +1,233 @@
+"""Webhook intake on real PostgreSQL and the real local queue: status codes, storage, outbox."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from scripts.send_sample_webhook import status_webhook, text_message_webhook
+from shared_code.bus.local_queue import LocalQueue
+from shared_code.bus.port import OutgoingMessage, PublishError
+from shared_code.db.pool import Pool
+from shared_code.outbox import sweep_outbox
+from shared_code.webhook_intake import WebhookIntake, answer_verification
+from shared_code.whatsapp.signature import sign
+
+pytestmark = pytest.mark.integration
+
+SECRET = "test-app-secret"
+QUEUE = "inbound-events"
+
+
+def signed(payload: object) -> tuple[bytes, str]:
+    body = json.dumps(payload).encode()
+    return body, sign(body, SECRET)
+
+
+def sample_text(sender: str = "15551230001", text: str = "hi") -> dict[str, object]:
+    return text_message_webhook(
+        phone_number_id="100000000000001",
+        waba_id="200000000000001",
+        sender=sender,
+        name="Ana",
+        text=text,
+    )
+
+
+class RefusingBus:
+    """A broker that is down: every publish is refused."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def publish(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+        self.attempts += 1
+        raise PublishError("broker unavailable")
+
+    async def close(self) -> None:
+        pass
+
+
+async def event_rows(pool: Pool) -> list[tuple[str, int, int, str | None]]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT status, event_count, duplicate_count, reason "
+            "FROM whatsapp_webhook_events ORDER BY id"
+        )
+        return await cursor.fetchall()
+
+
+def intake(pool: Pool, bus: object) -> WebhookIntake:
+    return WebhookIntake(pool=pool, bus=bus, queue=QUEUE, app_secret=SECRET)  # type: ignore[arg-type]
+
+
+async def test_a_signed_webhook_is_stored_and_published(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    body, signature = signed(sample_text())
+    answer = await intake(pool, local_queue).receive(body, signature)
+    assert answer.status_code == 200
+    assert await event_rows(pool) == [("published", 1, 0, None)]
+    assert await local_queue.count_active(QUEUE) == 1
+    session = await local_queue.accept_next_session(QUEUE)
+    assert session is not None
+    assert session.session_id == "100000000000001:15551230001"
+    message = await session.receive()
+    assert message is not None
+    envelope = json.loads(message.body)
+    assert envelope["kind"] == "message"
+    assert envelope["webhook_event_id"] >= 1
+    assert message.message_id == envelope["message"]["id"]
+
+
+async def test_a_redelivered_webhook_is_stored_once_and_published_once(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    body, signature = signed(sample_text())
+    service = intake(pool, local_queue)
+    for _ in range(3):
+        assert (await service.receive(body, signature)).status_code == 200
+    assert await event_rows(pool) == [("published", 1, 2, None)]
+    assert await local_queue.count_active(QUEUE) == 1
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [None, "", "sha256=" + "0" * 64, "sha1=abc", "garbage"],
+)
+async def test_missing_or_wrong_signature_is_401_and_nothing_is_stored(
+    pool: Pool, local_queue: LocalQueue, signature: str | None
+) -> None:
+    body, _ = signed(sample_text())
+    answer = await intake(pool, local_queue).receive(body, signature)
+    assert answer.status_code == 401
+    assert await event_rows(pool) == []
+
+
+async def test_signature_with_another_secret_is_401(pool: Pool, local_queue: LocalQueue) -> None:
+    body = json.dumps(sample_text()).encode()
+    answer = await intake(pool, local_queue).receive(body, sign(body, "other-secret"))
+    assert answer.status_code == 401
+
+
+async def test_a_body_over_one_mebibyte_is_413(pool: Pool, local_queue: LocalQueue) -> None:
+    body = b'{"object":"whatsapp_business_account","pad":"' + b"x" * (2 * 1024 * 1024) + b'"}'
+    answer = await intake(pool, local_queue).receive(body, sign(body, SECRET))
+    assert answer.status_code == 413
+    assert await event_rows(pool) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reason_part"),
+    [
+        (b"", "empty"),
+        (b"not json at all", "JSON"),
+        (b'{"object":"page","entry":[]}', "page"),
+        (b"[1, 2, 3]", ""),
+    ],
+)
+async def test_signed_but_unreadable_bodies_are_stored_as_invalid_and_answered_200(
+    pool: Pool, local_queue: LocalQueue, body: bytes, reason_part: str
+) -> None:
+    answer = await intake(pool, local_queue).receive(body, sign(body, SECRET))
+    assert answer.status_code == 200
+    [(status, count, _, reason)] = await event_rows(pool)
+    assert (status, count) == ("invalid", 0)
+    assert reason is not None and reason_part in reason
+    assert await local_queue.count_active(QUEUE) == 0
+
+
+async def test_unknown_fields_are_carried_not_rejected(pool: Pool, local_queue: LocalQueue) -> None:
+    payload = sample_text()
+    payload["brand_new_top_level"] = {"x": 1}
+    entry = payload["entry"][0]  # type: ignore[index]
+    entry["changes"][0]["value"]["messages"][0]["new_field"] = [1, 2]
+    body, signature = signed(payload)
+    assert (await intake(pool, local_queue).receive(body, signature)).status_code == 200
+    assert (await event_rows(pool))[0][:2] == ("published", 1)
+
+
+async def test_other_webhook_fields_are_stored_as_ignored(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "200000000000001",
+                "changes": [
+                    {
+                        "field": "message_template_status_update",
+                        "value": {"event": "APPROVED", "message_template_id": 1},
+                    }
+                ],
+            }
+        ],
+    }
+    body, signature = signed(payload)
+    assert (await intake(pool, local_queue).receive(body, signature)).status_code == 200
+    assert (await event_rows(pool))[0][:2] == ("ignored", 0)
+
+
+async def test_storage_failure_answers_503_so_meta_retries(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("ALTER TABLE whatsapp_webhook_events RENAME TO unavailable")
+    body, signature = signed(sample_text())
+    answer = await intake(pool, local_queue).receive(body, signature)
+    assert answer.status_code == 503
+    async with pool.connection() as conn:
+        await conn.execute("ALTER TABLE unavailable RENAME TO whatsapp_webhook_events")
+    # Meta's retry of the same body then goes through.
+    assert (await intake(pool, local_queue).receive(body, signature)).status_code == 200
+
+
+async def test_publish_failure_keeps_the_event_pending_for_the_sweeper(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    refusing = RefusingBus()
+    first, first_signature = signed(sample_text(sender="15551230001"))
+    second, second_signature = signed(
+        status_webhook(
+            phone_number_id="100000000000001",
+            waba_id="200000000000001",
+            recipient="15551230002",
+            wamid="wamid.OUT1",
+            status="delivered",
+        )
+    )
+    service = intake(pool, refusing)
+    assert (await service.receive(first, first_signature)).status_code == 200
+    assert (await service.receive(second, second_signature)).status_code == 200
+    assert [row[0] for row in await event_rows(pool)] == ["pending", "pending"]
+
+    report = await sweep_outbox(pool, refusing, QUEUE, min_age_seconds=0)
+    assert report.failed == 2 and report.published == 0
+
+    report = await sweep_outbox(pool, local_queue, QUEUE, min_age_seconds=0)
+    assert report.published == 2
+    assert [row[0] for row in await event_rows(pool)] == ["published", "published"]
+    assert await local_queue.count_active(QUEUE) == 2
+    # Sweeping again finds nothing, and a republish of the same ids is deduplicated.
+    assert (await sweep_outbox(pool, local_queue, QUEUE, min_age_seconds=0)).published == 0
+
+
+async def test_the_sweeper_leaves_young_pending_events_to_their_own_request(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    body, signature = signed(sample_text())
+    await intake(pool, RefusingBus()).receive(body, signature)
+    report = await sweep_outbox(pool, local_queue, QUEUE, min_age_seconds=3600)
+    assert report.published == 0
+
+
+def test_verification_echoes_the_challenge_only_for_the_right_token() -> None:
+    good = {"hub.mode": "subscribe", "hub.verify_token": "tok", "hub.challenge": "1158201444"}
+    assert answer_verification(good, "tok").status_code == 200
+    assert answer_verification(good, "tok").body == "1158201444"
+    assert answer_verification({**good, "hub.verify_token": "nope"}, "tok").status_code == 403
+    assert answer_verification({**good, "hub.mode": "unsubscribe"}, "tok").status_code == 403
+    assert answer_verification({"hub.mode": "subscribe"}, "tok").status_code == 403

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+
+from shared_code.config import ConfigurationError, Settings
+from shared_code.secrets import EnvironmentSecrets, KeyVaultSecrets, Secret, key_vault_secret_name
+
+COMPLETE = {
+    "WHATSAPP_ACCESS_TOKEN": "EAAtoken",
+    "WHATSAPP_PHONE_NUMBER_ID": "123",
+    "WHATSAPP_WEBHOOK_VERIFY_TOKEN": "verify",
+    "WHATSAPP_APP_SECRET": "app-secret",
+    "DATABASE_URL": "postgresql://localhost/db",
+    "BUS_BACKEND": "local",
+}
+
+
+def test_complete_environment_gives_typed_settings_with_seed_defaults() -> None:
+    settings = Settings.from_environment(COMPLETE)
+    assert settings.whatsapp_api_version == "v18.0"
+    assert settings.whatsapp_graph_base_url == "https://graph.facebook.com"
+    assert settings.whatsapp_app_secret.reveal() == "app-secret"
+    assert settings.inbound_queue_name == "inbound-events"
+    assert settings.outbound_queue_name == "outbound-messages"
+    assert settings.bus_backend == "local"
+    assert settings.whatsapp_business_account_id is None
+
+
+def test_every_missing_setting_is_named_in_one_error() -> None:
+    env = {k: v for k, v in COMPLETE.items() if k not in {"WHATSAPP_APP_SECRET", "DATABASE_URL"}}
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_environment(env)
+    assert "WHATSAPP_APP_SECRET" in str(raised.value)
+    assert "DATABASE_URL" in str(raised.value)
+
+
+def test_blank_values_count_as_missing() -> None:
+    with pytest.raises(ConfigurationError, match="WHATSAPP_PHONE_NUMBER_ID"):
+        Settings.from_environment({**COMPLETE, "WHATSAPP_PHONE_NUMBER_ID": "  "})
+
+
+def test_azure_bus_needs_a_namespace_or_connection_string() -> None:
+    with pytest.raises(ConfigurationError, match="ServiceBusConnection"):
+        Settings.from_environment({**COMPLETE, "BUS_BACKEND": "azure"})
+    settings = Settings.from_environment(
+        {
+            **COMPLETE,
+            "BUS_BACKEND": "azure",
+            "ServiceBusConnection__fullyQualifiedNamespace": "ns.servicebus.windows.net",
+            "ServiceBusConnection__clientId": "client-id",
+        }
+    )
+    assert settings.service_bus.fully_qualified_namespace == "ns.servicebus.windows.net"
+    assert settings.service_bus.managed_identity_client_id == "client-id"
+
+
+def test_malformed_values_are_reported() -> None:
+    with pytest.raises(ConfigurationError, match="DATABASE_POOL_MAX_SIZE must be an integer"):
+        Settings.from_environment({**COMPLETE, "DATABASE_POOL_MAX_SIZE": "ten"})
+    with pytest.raises(ConfigurationError, match="BUS_BACKEND must be one of"):
+        Settings.from_environment({**COMPLETE, "BUS_BACKEND": "kafka"})
+
+
+def test_graph_base_url_trailing_slash_is_dropped() -> None:
+    settings = Settings.from_environment({**COMPLETE, "WHATSAPP_GRAPH_BASE_URL": "http://sim:9/"})
+    assert settings.whatsapp_graph_base_url == "http://sim:9"
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret("EAAverysecret")
+    assert "EAAverysecret" not in repr(secret)
+    assert "EAAverysecret" not in str(secret)
+    settings = Settings.from_environment(COMPLETE)
+    assert "app-secret" not in repr(settings)
+    assert "EAAtoken" not in repr(settings)
+
+
+@dataclass
+class FakeKeyVaultSecret:
+    value: str
+
+
+class FakeSecretClient:
+    """Stands in for azure.keyvault.secrets.SecretClient at its get_secret boundary."""
+
+    def __init__(self, secrets: dict[str, str]) -> None:
+        self.secrets = secrets
+        self.calls: list[str] = []
+
+    def get_secret(self, name: str) -> FakeKeyVaultSecret:
+        self.calls.append(name)
+        if name not in self.secrets:
+            raise ResourceNotFoundError(f"secret {name} not found")
+        return FakeKeyVaultSecret(self.secrets[name])
+
+
+def test_key_vault_names_are_dashed_lower_case() -> None:
+    assert key_vault_secret_name("WHATSAPP_APP_SECRET") == "whatsapp-app-secret"
+
+
+def test_secrets_come_from_key_vault_before_the_environment() -> None:
+    client = FakeSecretClient(
+        {
+            "whatsapp-access-token": "from-vault-token",
+            "whatsapp-app-secret": "from-vault-secret",
+            "whatsapp-webhook-verify-token": "from-vault-verify",
+        }
+    )
+    env = {**COMPLETE, "KEY_VAULT_URL": "https://kv.vault.azure.net"}
+    source = KeyVaultSecrets(client, fallback=EnvironmentSecrets(env))
+    settings = Settings.from_environment(env, secrets=source)
+    assert settings.whatsapp_app_secret.reveal() == "from-vault-secret"
+    assert settings.whatsapp_access_token.reveal() == "from-vault-token"
+    # Not in the vault: the environment's value is used.
+    assert settings.database_url.reveal() == COMPLETE["DATABASE_URL"]
+    assert settings.key_vault_url == "https://kv.vault.azure.net"
+
+
+def test_key_vault_reads_each_secret_once() -> None:
+    client = FakeSecretClient({"whatsapp-app-secret": "s"})
+    source = KeyVaultSecrets(client)
+    assert source.get("WHATSAPP_APP_SECRET") == "s"
+    assert source.get("WHATSAPP_APP_SECRET") == "s"
+    assert source.get("WHATSAPP_ACCESS_TOKEN") is None
+    assert source.get("WHATSAPP_ACCESS_TOKEN") is None
+    assert client.calls == ["whatsapp-app-secret", "whatsapp-access-token"]
+
+
+def test_secret_missing_from_vault_and_environment_is_named() -> None:
+    client = FakeSecretClient({})
+    env = {k: v for k, v in COMPLETE.items() if k != "WHATSAPP_APP_SECRET"}
+    with pytest.raises(ConfigurationError, match="WHATSAPP_APP_SECRET"):
+        Settings.from_environment(env, secrets=KeyVaultSecrets(client, EnvironmentSecrets(env)))
