@@ -238,11 +238,12 @@ class QueueTrigger:
     # --- sessions -------------------------------------------------------------------------------
 
     async def _run_session(self, receiver: SessionReceiver) -> None:
+        renew_until = time.monotonic() + self._config.max_auto_lock_renewal_duration.total_seconds()
         renewal = asyncio.create_task(
             _renew_until(
                 receiver.renew_session_lock,
                 self._renew_interval(),
-                time.monotonic() + self._config.max_auto_lock_renewal_duration.total_seconds(),
+                renew_until,
                 f"{self.spec.name}: session lock",
             )
         )
@@ -250,7 +251,10 @@ class QueueTrigger:
         idle_timeout = self._config.session_idle_timeout.total_seconds()
         try:
             idle_until = time.monotonic() + idle_timeout
-            while not self._stopping:
+            # Past the renewal window the session lock would lapse under the next message and
+            # that message would run twice; handing the session back first avoids it (the feeder
+            # may well take it again at once).
+            while not self._stopping and time.monotonic() < renew_until:
                 message = await receiver.receive()
                 if message is None:
                     remaining = idle_until - time.monotonic()
@@ -424,7 +428,7 @@ async def _renew_until(
     while True:
         await asyncio.sleep(interval)
         if time.monotonic() >= until:
-            logger.info("%s: maxAutoLockRenewalDuration reached; no longer renewed", what)
+            logger.debug("%s: maxAutoLockRenewalDuration reached; no longer renewed", what)
             return
         try:
             await renew()

@@ -374,3 +374,23 @@ async def test_timers_can_be_disabled() -> None:
     await running.stop()
     assert runs == []
     assert "disabled" in running.functions[0].detail
+
+
+async def test_busy_session_is_handed_back_before_its_renewal_window_ends(
+    database_url: str, publisher: LocalQueue
+) -> None:
+    short_window = HostConfig(
+        max_concurrent_sessions=1,
+        session_idle_timeout=timedelta(milliseconds=200),
+        max_auto_lock_renewal_duration=timedelta(milliseconds=100),
+    )
+    running = await start_host(database_url, short_window)
+    try:
+        expected = [f"w{i:02d}" for i in range(30)]
+        await publisher.publish(SESSION_QUEUE, [message(m, "W") for m in expected])
+        await eventually(lambda: len(seen.by_session["W"]) >= 30)
+        await asyncio.sleep(0.1)
+        # Several holds of the same session, each well inside its lock: no message ran twice.
+        assert seen.by_session["W"] == expected
+    finally:
+        await running.stop()

