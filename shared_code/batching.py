@@ -24,17 +24,23 @@ BatchHandler = Callable[[Sequence[ItemT]], Awaitable[Sequence[ResultT]]]
 
 
 class BatchingQueue(Generic[ItemT, ResultT]):
-    def __init__(self, handler: BatchHandler[ItemT, ResultT], *, max_batch: int = 256) -> None:
+    def __init__(
+        self, handler: BatchHandler[ItemT, ResultT], *, max_batch: int = 256, max_in_flight: int = 4
+    ) -> None:
         self._handler = handler
         self._max_batch = max_batch
+        # Several batches in flight keep the database busy while one waits for its commit.
+        self._max_in_flight = max_in_flight
         self._waiting: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: ItemT) -> ResultT:
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_until_empty())
+        if len(self._flushers) < self._max_in_flight:
+            flusher = asyncio.create_task(self._flush_until_empty())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         return await future
 
     async def _flush_until_empty(self) -> None:
