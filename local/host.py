@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+import psycopg
 import uvicorn
 from psycopg import conninfo
 
@@ -491,22 +492,14 @@ async def _run(
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         database_url = os.environ["DATABASE_URL"]
-        await apply_migrations(database_url)
-        await apply_migrations(database_url, LOCAL_BUS_MIGRATIONS, set_name="local_bus")
-        app = _load_app(args.app)
-        host = LocalHost(
-            app,
-            database_url=database_url,
-            host=args.host,
-            port=port,
-            config=config,
-            timers=not args.no_timers,
-            on_shutdown=[_shutdown_app_services],
-        )
         try:
-            await host.start()
-        except (HostStartError, OSError) as error:
+            host = await _start_host(args, config, port, database_url)
+        except (HostStartError, OSError, psycopg.OperationalError) as error:
             logger.error("cannot start: %s", error)
+            return 1
+        except Exception:
+            # The app failed to import or index: its traceback is what the developer needs.
+            logger.exception("cannot start")
             return 1
         started = True
         _warn_about_bus_backend(host)
@@ -528,6 +521,24 @@ async def _run(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def _start_host(
+    args: argparse.Namespace, config: HostConfig, port: int, database_url: str
+) -> LocalHost:
+    await apply_migrations(database_url)
+    await apply_migrations(database_url, LOCAL_BUS_MIGRATIONS, set_name="local_bus")
+    host = LocalHost(
+        _load_app(args.app),
+        database_url=database_url,
+        host=args.host,
+        port=port,
+        config=config,
+        timers=not args.no_timers,
+        on_shutdown=[_shutdown_app_services],
+    )
+    await host.start()
+    return host
 
 
 def _load_app(reference: str) -> Any:
