@@ -1,7 +1,8 @@
 """Opportunistic batching ("group commit") for work that arrives from many concurrent requests.
 
-Callers ``await submit(item)``; one flusher task takes everything queued so far and hands it to
-the batch handler in one go. An idle system flushes a single item at once (no timer, no added
+Callers ``await submit(item)``; a flusher task takes everything queued so far (up to
+``max_batch``) and hands it to the batch handler in one go, with at most ``max_in_flight``
+batches running at once. An idle system flushes a single item at once (no timer, no added
 latency); a busy one amortises each database round trip and commit over the whole batch, which is
 what lets one worker absorb thousands of webhooks a second.
 """

@@ -46,3 +46,24 @@ async def test_a_failed_batch_fails_its_callers_and_later_batches_still_run() ->
     with pytest.raises(ConnectionError):
         await queue.submit(1)
     assert await queue.submit(2) == 2
+
+
+async def test_batches_run_concurrently_up_to_the_in_flight_limit() -> None:
+    running = 0
+    most_running = 0
+    release = asyncio.Event()
+
+    async def slow(items: Sequence[int]) -> list[int]:
+        nonlocal running, most_running
+        running += 1
+        most_running = max(most_running, running)
+        await release.wait()
+        running -= 1
+        return list(items)
+
+    queue: BatchingQueue[int, int] = BatchingQueue(slow, max_batch=1, max_in_flight=3)
+    submissions = asyncio.gather(*(queue.submit(i) for i in range(10)))
+    await asyncio.sleep(0.05)
+    assert most_running == 3
+    release.set()
+    assert await submissions == list(range(10))
