@@ -76,6 +76,7 @@ _RECONNECT_MIN_SECONDS: Final = 0.5
 _RECONNECT_MAX_SECONDS: Final = 10.0
 # Sleeping a little past a due time makes sure the next query's now() is past it too.
 _DUE_MARGIN_SECONDS: Final = 0.005
+_DUE_CACHE_SECONDS: Final = 0.25
 # Acceptors woken together may pick the same session; each loser looks again, up to this often.
 _ACCEPT_ATTEMPTS: Final = 10
 
@@ -488,6 +489,8 @@ class LocalQueue:
         self._listening = asyncio.Event()
         self._listened_once = False
         self._listener: asyncio.Task[None] | None = None
+        # Per queue: (generation, loop time, seconds until due) of the last due-time query.
+        self._due_cache: dict[str, tuple[int, float, float | None]] = {}
 
     def options_for(self, queue: str) -> QueueOptions:
         return self._options.get(queue, self._default_options)
@@ -761,7 +764,7 @@ class LocalQueue:
         if self._closed or seconds <= 0 or self._generation(queue) != seen:
             return
         listening = self._listening.is_set()
-        due = await self._seconds_until_due(queue)
+        due = await self._cached_seconds_until_due(queue)
         if self._generation(queue) != seen:
             return  # a notification arrived during the query
         delay = seconds
@@ -775,6 +778,26 @@ class LocalQueue:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await event.wait()
+
+    async def _cached_seconds_until_due(self, queue: str) -> float | None:
+        """The next due time, shared by the waiters of a queue for a moment.
+
+        Under load every session worker waits between messages; one query per wait was a
+        noticeable share of the database round trips. A cached answer stays valid while no
+        notification arrived (a publish may bring an earlier due time) and briefly otherwise: due
+        times that appear without a notification are lock expiries, a lock duration away.
+        """
+        now = asyncio.get_running_loop().time()
+        cached = self._due_cache.get(queue)
+        if cached is not None:
+            generation, computed_at, due = cached
+            fresh = generation == self._generation(queue) and now - computed_at < _DUE_CACHE_SECONDS
+            if fresh and (due is None or computed_at + due > now):
+                return None if due is None else due - (now - computed_at)
+        generation = self._generation(queue)
+        due = await self._seconds_until_due(queue)
+        self._due_cache[queue] = (generation, now, due)
+        return due
 
     async def _seconds_until_due(self, queue: str) -> float | None:
         try:

@@ -23,7 +23,9 @@ async def open_pool(database_url: str, *, max_size: int = 10, name: str = "bridg
         # No per-checkout health check: it costs a round trip on every webhook. A connection
         # broken by a server restart fails its one batch (answered 503, retried by Meta) and
         # the pool replaces it.
-        kwargs={"application_name": f"whatsapp-bridge-{name}"},
+        # Autocommit: a single statement is its own transaction, one round trip instead of
+        # BEGIN + statement + COMMIT. Work that must be atomic says so with conn.transaction().
+        kwargs={"application_name": f"whatsapp-bridge-{name}", "autocommit": True},
     )
     await pool.open(wait=True, timeout=30)
     return pool
