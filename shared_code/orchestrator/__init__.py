@@ -1,0 +1,1 @@
+"""From a stored inbound message to an agent's reply: agent selection and the agents themselves."""
