@@ -4,10 +4,12 @@ import azure.functions as func
 
 from maintenance_function import bp as maintenance_bp
 from processor_function import bp as processor_bp
+from sender_function import bp as sender_bp
 from webhook_function import bp as webhook_bp
 
 app = func.FunctionApp()
 
 app.register_functions(webhook_bp)
 app.register_functions(processor_bp)
+app.register_functions(sender_bp)
 app.register_functions(maintenance_bp)

@@ -39,6 +39,8 @@ from local.postgres import EmbeddedPostgres, start_embedded_postgres
 from local.routes import Router, RouteTemplateError
 from local.servicebus_dispatch import QueueTrigger, TriggerConfigError, queue_trigger_for
 from local.settings import DEV_DEFAULTS, LocalSettings, LocalSettingsError, load_local_settings
+from local.simulator import BusinessNumber, CloudApiSimulator, SimulatorConfig
+from local.simulator.config import DEFAULT_WABA_ID
 from local.timers import ScheduleError, TimerTrigger, timer_trigger_for
 from shared_code.bus.local_queue import LOCAL_BUS_MIGRATIONS, LocalQueue, QueueOptions
 from shared_code.db.migrations import apply_migrations
@@ -59,6 +61,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_PORT: Final = 7071
 DEFAULT_APP: Final = "function_app:app"
+DEFAULT_SIMULATOR_PORT: Final = 7072
+WEBHOOK_ROUTE: Final = "v1/whatsapp/webhook"
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
 _HTTP_TRIGGER: Final = "httpTrigger"
 _SERVICE_BUS_TRIGGER: Final = "serviceBusTrigger"
@@ -320,6 +324,9 @@ class LocalHost:
         # Bound here rather than by uvicorn: a busy port is an exception we can report, not a
         # sys.exit inside the server task, and port 0 (tests) tells us the port it got.
         sock = socket.create_server((self._host, self._requested_port), family=family, backlog=2048)
+        # Accepted connections inherit it: without it, Nagle's algorithm holds small answers
+        # ~40 ms on the plain asyncio loop (uvloop sets it itself).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         self._port = int(sock.getsockname()[1])
         config = uvicorn.Config(
@@ -436,6 +443,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-timers", action="store_true", help="do not run timer triggers")
     parser.add_argument(
+        "--simulator-port",
+        type=int,
+        default=DEFAULT_SIMULATOR_PORT,
+        help=(
+            "port of the WhatsApp Cloud API simulator, started unless WHATSAPP_GRAPH_BASE_URL is "
+            f"set (default {DEFAULT_SIMULATOR_PORT}; 0 picks a free one)"
+        ),
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -490,12 +506,19 @@ async def _run(
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    simulator: CloudApiSimulator | None = None
     try:
         database_url = os.environ["DATABASE_URL"]
         try:
+            if port == 0:
+                # The simulator must know the webhook URL before the app can make any request.
+                port = _free_port(args.host)
+            simulator = await _start_simulator(args, config, port)
             host = await _start_host(args, config, port, database_url)
         except (HostStartError, OSError, psycopg.OperationalError) as error:
             logger.error("cannot start: %s", error)
+            if simulator is not None:
+                await simulator.stop()
             return 1
         except Exception:
             # The app failed to import or index: its traceback is what the developer needs.
@@ -503,7 +526,7 @@ async def _run(
             return 1
         started = True
         _warn_about_bus_backend(host)
-        sys.stdout.write(_banner(host, args.app, local_settings, database_url, embedded))
+        sys.stdout.write(_banner(host, args.app, local_settings, database_url, embedded, simulator))
         sys.stdout.flush()
         stop_waiter = asyncio.create_task(stop_requested.wait())
         server_waiter = asyncio.create_task(host.wait_closed())
@@ -516,11 +539,47 @@ async def _run(
             "stopping: letting running functions finish (up to %.0f s)", host.shutdown_grace
         )
         await host.stop()
+        if simulator is not None:
+            await simulator.stop()
         logger.info("stopped")
         return 0 if stop_requested.is_set() else 1
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def _start_simulator(
+    args: argparse.Namespace, config: HostConfig, port: int
+) -> CloudApiSimulator | None:
+    """Start the Cloud API simulator and point the app at it, unless a Graph URL is set."""
+    if os.environ.get("WHATSAPP_GRAPH_BASE_URL", "").strip():
+        return None
+    prefix = f"/{config.route_prefix}" if config.route_prefix else ""
+    simulator = CloudApiSimulator(
+        SimulatorConfig(
+            app_secret=os.environ["WHATSAPP_APP_SECRET"],
+            access_token=os.environ["WHATSAPP_ACCESS_TOKEN"],
+            webhook_url=f"http://{_client_address(args.host)}:{port}{prefix}/{WEBHOOK_ROUTE}",
+            business_numbers=(
+                BusinessNumber(phone_number_id=os.environ["WHATSAPP_PHONE_NUMBER_ID"]),
+            ),
+            waba_id=os.environ.get("WHATSAPP_BUSINESS_ACCOUNT_ID") or DEFAULT_WABA_ID,
+        )
+    )
+    os.environ["WHATSAPP_GRAPH_BASE_URL"] = await simulator.start(
+        _client_address(args.host), args.simulator_port
+    )
+    return simulator
+
+
+def _client_address(listen_address: str) -> str:
+    return "127.0.0.1" if listen_address in ("0.0.0.0", "") else listen_address
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((_client_address(address), 0))
+        return int(sock.getsockname()[1])
 
 
 async def _start_host(
@@ -593,6 +652,7 @@ def _banner(
     local_settings: LocalSettings,
     database_url: str,
     embedded: EmbeddedPostgres | None,
+    simulator: CloudApiSimulator | None = None,
 ) -> str:
     lines = ["", f"Functions in {app_reference}:", ""]
     width = max((len(f.name) for f in host.functions), default=0)
@@ -619,5 +679,17 @@ def _banner(
             lines.append(f"  {name} = {local_settings.applied_defaults[name]}  (dev default)")
         else:
             lines.append(f"  {name}  (from {local_settings.sources.get(name, 'environment')})")
+    if simulator is not None:
+        user = "15551234567"
+        lines += [
+            "",
+            f"WhatsApp Cloud API simulator: {simulator.base_url} (the app sends its replies here)",
+            "  a simulated user writes to the bridge:",
+            f"    curl -s -X POST {simulator.base_url}/simulator/users/{user}/messages "
+            "-H 'Content-Type: application/json' -d '{\"text\": \"hello\"}'",
+            f"  the replies it received: curl -s {simulator.base_url}/simulator/messages?to={user}",
+        ]
+    else:
+        lines += ["", f"Graph API: {os.environ.get('WHATSAPP_GRAPH_BASE_URL')} (no simulator)"]
     lines += ["", f"Listening on {host.url} — Ctrl-C to stop", "", ""]
     return "\n".join(lines)

@@ -9,10 +9,15 @@ one readable message instead of a ``KeyError`` on the first webhook.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
 
+from shared_code.orchestrator.agent_routing import AgentRoutingRule, parse_routing_rules
+from shared_code.orchestrator.agents import AgentSettings
+from shared_code.ratelimit import RateLimitPolicy
+from shared_code.retry_policy import RetryPolicy
 from shared_code.secrets import EnvironmentSecrets, KeyVaultSecrets, Secret, SecretSource
 
 __all__ = [
@@ -33,9 +38,12 @@ SECRET_SETTINGS = (
     "WHATSAPP_APP_SECRET",
     "WHATSAPP_WEBHOOK_VERIFY_TOKEN",
     "DATABASE_URL",
+    "OPENAI_API_KEY",
+    "AGENT_HTTP_SECRET",
 )
 
 BusBackend = Literal["azure", "local"]
+T = TypeVar("T")
 
 
 class ConfigurationError(RuntimeError):
@@ -60,6 +68,8 @@ class Settings:
     whatsapp_app_secret: Secret
     whatsapp_api_version: str = DEFAULT_API_VERSION
     whatsapp_graph_base_url: str = DEFAULT_GRAPH_BASE_URL
+    # How long a send waits for Meta's answer; past it the send is ambiguous (see sending.py).
+    whatsapp_graph_timeout_seconds: float = 15.0
     database_url: Secret
     database_pool_max_size: int = 10
     key_vault_url: str | None = None
@@ -68,6 +78,11 @@ class Settings:
     inbound_queue_name: str = DEFAULT_INBOUND_QUEUE
     outbound_queue_name: str = DEFAULT_OUTBOUND_QUEUE
     outbox_sweep_min_age_seconds: int = 30
+    agents: AgentSettings = field(default_factory=AgentSettings)
+    agent_routing_rules: tuple[AgentRoutingRule, ...] = ()
+    rate_limits: RateLimitPolicy = field(default_factory=RateLimitPolicy)
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    mark_as_read: bool = True
 
     @classmethod
     def from_environment(
@@ -101,6 +116,9 @@ class Settings:
             whatsapp_graph_base_url=(
                 reader.optional("WHATSAPP_GRAPH_BASE_URL") or DEFAULT_GRAPH_BASE_URL
             ).rstrip("/"),
+            whatsapp_graph_timeout_seconds=reader.number(
+                "WHATSAPP_GRAPH_TIMEOUT_SECONDS", default=15.0, minimum=0.1
+            ),
             database_url=reader.secret("DATABASE_URL"),
             database_pool_max_size=reader.integer("DATABASE_POOL_MAX_SIZE", default=10, minimum=2),
             key_vault_url=reader.optional("KEY_VAULT_URL"),
@@ -111,9 +129,50 @@ class Settings:
             outbox_sweep_min_age_seconds=reader.integer(
                 "OUTBOX_SWEEP_MIN_AGE_SECONDS", default=30, minimum=1
             ),
+            agents=_agent_settings(reader),
+            agent_routing_rules=reader.parsed("AGENT_ROUTING_RULES", parse_routing_rules, ()),
+            rate_limits=reader.parsed("RATE_LIMITS", RateLimitPolicy.parse, RateLimitPolicy()),
+            retry_policy=RetryPolicy(
+                max_attempts=reader.integer("SENDER_MAX_ATTEMPTS", default=8, minimum=1),
+                backoff_base_seconds=reader.number(
+                    "SENDER_BACKOFF_BASE_SECONDS", default=2.0, minimum=0.01
+                ),
+                backoff_max_seconds=reader.number(
+                    "SENDER_BACKOFF_MAX_SECONDS", default=300.0, minimum=0.01
+                ),
+                confirmation_wait_seconds=reader.number(
+                    "SENDER_CONFIRMATION_WAIT_SECONDS", default=60.0, minimum=0.1
+                ),
+            ),
+            mark_as_read=reader.boolean("WHATSAPP_MARK_AS_READ", default=True),
         )
         reader.raise_if_incomplete()
         return settings
+
+
+def _agent_settings(reader: _Reader) -> AgentSettings:
+    defaults = AgentSettings()
+    rules_file = reader.optional("AGENT_RULES_FILE")
+    return AgentSettings(
+        default_agent=reader.optional("WHATSAPP_DEFAULT_AGENT") or defaults.default_agent,
+        timeout_seconds=reader.number(
+            "AGENT_TIMEOUT_SECONDS", default=defaults.timeout_seconds, minimum=0.1
+        ),
+        fallback_message=reader.optional("AGENT_FALLBACK_MESSAGE") or defaults.fallback_message,
+        history_limit=reader.integer(
+            "AGENT_HISTORY_LIMIT", default=defaults.history_limit, minimum=0
+        ),
+        rules_file=Path(rules_file) if rules_file else None,
+        openai_base_url=reader.optional("OPENAI_BASE_URL"),
+        openai_model=reader.optional("OPENAI_MODEL"),
+        openai_api_key=reader.optional_secret("OPENAI_API_KEY"),
+        openai_api_version=reader.optional("OPENAI_API_VERSION"),
+        openai_system_prompt=(
+            reader.optional("OPENAI_SYSTEM_PROMPT") or defaults.openai_system_prompt
+        ),
+        http_agent_url=reader.optional("AGENT_HTTP_URL"),
+        http_agent_secret=reader.optional_secret("AGENT_HTTP_SECRET"),
+    )
 
 
 def load_settings() -> Settings:
@@ -163,6 +222,41 @@ class _Reader:
             self.missing.append(name)
             return Secret("")
         return Secret(value)
+
+    def optional_secret(self, name: str) -> Secret | None:
+        value = self._secrets.get(name)
+        return Secret(value) if value else None
+
+    def number(self, name: str, *, default: float, minimum: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.malformed.append(f"{name} must be a number")
+            return default
+        if value < minimum:
+            self.malformed.append(f"{name} must be at least {minimum}")
+        return value
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        self.malformed.append(f"{name} must be true or false")
+        return default
+
+    def parsed(self, name: str, parse: Callable[[str | None], T], default: T) -> T:
+        try:
+            return parse(self.optional(name))
+        except ValueError as error:
+            self.malformed.append(f"{name}: {error}")
+            return default
 
     def integer(self, name: str, *, default: int, minimum: int) -> int:
         raw = self.optional(name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 
-from shared_code.db import conversations, statuses
+from shared_code.db import conversations, outbound, statuses
 from shared_code.db.pool import Connection, Pool
 from shared_code.routing import InboundForRouting, Router
 from shared_code.whatsapp.payloads import (
@@ -122,6 +122,11 @@ class EventProcessor:
         )
         async with self._pool.connection() as conn:
             new, applied = await statuses.record_status(conn, row)
+            outbound_id = outbound.outbound_id_from_callback(status.biz_opaque_callback_data)
+            if not applied and outbound_id is not None:
+                # A send that timed out after its request left did reach WhatsApp: this status
+                # carries the wamid the sender never saw.
+                applied = await outbound.adopt_wamid(conn, outbound_id, status.id)
         if not new:
             return Outcome.STATUS_DUPLICATE
         if error is not None:

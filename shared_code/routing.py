@@ -7,13 +7,10 @@ idempotent per message (the orchestrator's replies carry the key ``reply:<wamid>
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["InboundForRouting", "LoggingRouter", "Router"]
+__all__ = ["InboundForRouting", "Router"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,15 +28,3 @@ class InboundForRouting:
 
 class Router(Protocol):
     async def route(self, message: InboundForRouting) -> None: ...
-
-
-class LoggingRouter:
-    """Placeholder until the orchestrator exists: records that a message is ready for an agent."""
-
-    async def route(self, message: InboundForRouting) -> None:
-        logger.info(
-            "message %d of conversation %d ready for routing (%s)",
-            message.message_id,
-            message.conversation_id,
-            message.message_type,
-        )

@@ -11,13 +11,19 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import httpx
+
 from shared_code.bus.port import MessageBus
 from shared_code.config import Settings, load_settings
 from shared_code.db.migrations import apply_migrations
 from shared_code.db.pool import Pool, open_pool
+from shared_code.orchestrator.agents import TextReply, build_agents
+from shared_code.orchestrator.orchestrator import Orchestrator
 from shared_code.processing import EventProcessor
-from shared_code.routing import LoggingRouter
+from shared_code.ratelimit import RateLimiter
+from shared_code.sending import OutboundSender
 from shared_code.webhook_intake import WebhookIntake
+from shared_code.whatsapp.graph_client import GraphApiClient
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +37,14 @@ class Services:
     bus: MessageBus
     intake: WebhookIntake
     processor: EventProcessor
+    sender: OutboundSender
+    limiter: RateLimiter
+    graph: GraphApiClient
+    agent_http: httpx.AsyncClient
 
     async def close(self) -> None:
+        await self.graph.aclose()
+        await self.agent_http.aclose()
         await self.bus.close()
         await self.pool.close()
 
@@ -71,9 +83,46 @@ async def build_services(settings: Settings) -> Services:
         queue=settings.inbound_queue_name,
         app_secret=settings.whatsapp_app_secret.reveal(),
     )
-    processor = EventProcessor(pool, LoggingRouter())
+    graph = GraphApiClient.from_settings(settings)
+    limiter = RateLimiter(pool, settings.rate_limits)
+    # Agents get their own client: their slow upstreams must not hold Graph API connections.
+    agent_http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.agents.timeout_seconds, connect=5.0),
+        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+    )
+    orchestrator = Orchestrator(
+        pool=pool,
+        bus=bus,
+        outbound_queue=settings.outbound_queue_name,
+        graph=graph,
+        agents=build_agents(settings.agents, agent_http),
+        routing_rules=settings.agent_routing_rules,
+        timeout_seconds=settings.agents.timeout_seconds,
+        fallback=TextReply(body=settings.agents.fallback_message),
+        history_limit=settings.agents.history_limit,
+        mark_as_read=settings.mark_as_read,
+    )
+    processor = EventProcessor(pool, orchestrator)
+    sender = OutboundSender(
+        pool=pool,
+        bus=bus,
+        queue=settings.outbound_queue_name,
+        graph=graph,
+        limiter=limiter,
+        policy=settings.retry_policy,
+    )
     logger.info("services ready (bus: %s)", settings.bus_backend)
-    return Services(settings=settings, pool=pool, bus=bus, intake=intake, processor=processor)
+    return Services(
+        settings=settings,
+        pool=pool,
+        bus=bus,
+        intake=intake,
+        processor=processor,
+        sender=sender,
+        limiter=limiter,
+        graph=graph,
+        agent_http=agent_http,
+    )
 
 
 async def _connect_bus(settings: Settings, pool: Pool) -> MessageBus:

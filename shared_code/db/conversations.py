@@ -9,7 +9,17 @@ from psycopg.types.json import Jsonb
 
 from shared_code.db.pool import Connection
 
-__all__ = ["InboundMessageRow", "StoredInbound", "find_inbound", "mark_routed", "store_inbound"]
+__all__ = [
+    "AgentContext",
+    "HistoryRow",
+    "InboundMessageRow",
+    "StoredInbound",
+    "assign_agent",
+    "find_inbound",
+    "load_agent_context",
+    "mark_routed",
+    "store_inbound",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,4 +125,63 @@ async def mark_routed(conn: Connection, message_id: int) -> None:
         "UPDATE whatsapp_messages SET routed_at = now(), updated_at = now() "
         "WHERE id = %s AND routed_at IS NULL",
         (message_id,),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryRow:
+    direction: str
+    message_type: str
+    text_body: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentContext:
+    """What an agent is told about a conversation besides the message itself."""
+
+    assigned_agent: str | None
+    profile_name: str | None
+    history: list[HistoryRow]
+
+
+async def load_agent_context(
+    conn: Connection, conversation_id: int, before_message_id: int, history_limit: int
+) -> AgentContext:
+    """The conversation's agent, the contact's name and up to ``history_limit`` earlier
+    messages, oldest first (the message being answered is not part of its own history)."""
+    cursor = await conn.execute(
+        """
+        SELECT v.assigned_agent, c.profile_name
+        FROM whatsapp_conversations v JOIN whatsapp_contacts c ON c.id = v.contact_id
+        WHERE v.id = %s
+        """,
+        (conversation_id,),
+    )
+    found = await cursor.fetchone()
+    assigned_agent, profile_name = found if found is not None else (None, None)
+    cursor = await conn.execute(
+        """
+        SELECT direction, message_type, text_body, at FROM (
+            SELECT id, direction, message_type, text_body,
+                   COALESCE(whatsapp_timestamp, created_at) AS at
+            FROM whatsapp_messages
+            WHERE conversation_id = %s AND id < %s
+            ORDER BY id DESC LIMIT %s
+        ) recent ORDER BY id
+        """,
+        (conversation_id, before_message_id, history_limit),
+    )
+    history = [
+        HistoryRow(direction=d, message_type=t, text_body=b, at=a)
+        for d, t, b, a in await cursor.fetchall()
+    ]
+    return AgentContext(assigned_agent=assigned_agent, profile_name=profile_name, history=history)
+
+
+async def assign_agent(conn: Connection, conversation_id: int, agent: str) -> None:
+    await conn.execute(
+        "UPDATE whatsapp_conversations SET assigned_agent = %s, updated_at = now() "
+        "WHERE id = %s AND assigned_agent IS DISTINCT FROM %s",
+        (agent, conversation_id, agent),
     )

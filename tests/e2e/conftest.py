@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ class RunningHost:
     base_url: str
     database_url: str
     log_path: Path
+    # The Cloud API simulator the host started (None when WHATSAPP_GRAPH_BASE_URL was given).
+    simulator_url: str | None = None
 
     @property
     def webhook_url(self) -> str:
@@ -40,44 +43,66 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+HostFactory = Callable[..., RunningHost]
+_SIMULATOR_LINE = re.compile(r"WhatsApp Cloud API simulator: (http://\S+)")
+
+
 @pytest.fixture
-def dev_host(database_url: str, tmp_path: Path) -> Iterator[RunningHost]:
-    port = free_port()
-    log_path = tmp_path / "host.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "WHATSAPP_APP_SECRET": APP_SECRET,
-        "WHATSAPP_WEBHOOK_VERIFY_TOKEN": VERIFY_TOKEN,
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "local", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    host = RunningHost(f"http://127.0.0.1:{port}", database_url, log_path)
-    try:
+def start_dev_host(database_url: str, tmp_path: Path) -> Iterator[HostFactory]:
+    """Starts ``python -m local`` subprocesses with extra settings; all stopped (and checked for
+    a clean exit) at the end of the test."""
+    running: list[tuple[subprocess.Popen[bytes], RunningHost]] = []
+
+    def start(**settings: str) -> RunningHost:
+        port = free_port()
+        log_path = tmp_path / f"host-{len(running)}.log"
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "WHATSAPP_APP_SECRET": APP_SECRET,
+            "WHATSAPP_WEBHOOK_VERIFY_TOKEN": VERIFY_TOKEN,
+            "PYTHONUNBUFFERED": "1",
+            **settings,
+        }
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "local", "--port", str(port), "--simulator-port", "0"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        host = RunningHost(f"http://127.0.0.1:{port}", database_url, log_path)
+        running.append((process, host))
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
                 pytest.fail(f"dev host exited with {process.returncode}:\n{host.log()}")
-            try:
-                httpx.get(host.webhook_url, timeout=1)
+            if "Listening on" in host.log():
                 break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"dev host did not start:\n{host.log()}")
-                time.sleep(0.2)
-        yield host
+            if time.monotonic() > deadline:
+                pytest.fail(f"dev host did not start:\n{host.log()}")
+            time.sleep(0.1)
+        httpx.get(host.webhook_url, timeout=5)
+        found = _SIMULATOR_LINE.search(host.log())
+        host = RunningHost(host.base_url, database_url, log_path, found.group(1) if found else None)
+        running[-1] = (process, host)
+        return host
+
+    try:
+        yield start
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, f"dev host did not stop cleanly:\n{host.log()}"
+        for process, _ in running:
+            process.terminate()
+        for process, host in running:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            assert process.returncode == 0, f"dev host did not stop cleanly:\n{host.log()}"
+
+
+@pytest.fixture
+def dev_host(start_dev_host: HostFactory) -> RunningHost:
+    return start_dev_host()

@@ -66,7 +66,12 @@ def test_verification_handshake(dev_host: RunningHost) -> None:
 def test_a_signed_webhook_becomes_rows_in_all_four_tables(dev_host: RunningHost) -> None:
     answer = signed_post(dev_host, text("15557770001", "hello bridge"))
     assert answer.status_code == 200
-    wait_for(lambda: count(dev_host, "SELECT count(*) FROM whatsapp_messages") == 1)
+    wait_for(
+        lambda: (
+            count(dev_host, "SELECT count(*) FROM whatsapp_messages WHERE direction = 'inbound'")
+            == 1
+        )
+    )
     assert count(dev_host, "SELECT count(*) FROM whatsapp_webhook_events") == 1
     assert count(dev_host, "SELECT count(*) FROM whatsapp_contacts") == 1
     assert count(dev_host, "SELECT count(*) FROM whatsapp_conversations") == 1
@@ -84,9 +89,16 @@ def test_a_webhook_delivered_five_times_yields_one_message(dev_host: RunningHost
     payload = text("15557770002", "once only")
     for _ in range(5):
         assert signed_post(dev_host, payload).status_code == 200
-    wait_for(lambda: count(dev_host, "SELECT count(*) FROM whatsapp_messages") == 1)
+    wait_for(
+        lambda: (
+            count(dev_host, "SELECT count(*) FROM whatsapp_messages WHERE direction = 'inbound'")
+            == 1
+        )
+    )
     time.sleep(0.5)
-    assert count(dev_host, "SELECT count(*) FROM whatsapp_messages") == 1
+    assert (
+        count(dev_host, "SELECT count(*) FROM whatsapp_messages WHERE direction = 'inbound'") == 1
+    )
     assert count(dev_host, "SELECT duplicate_count FROM whatsapp_webhook_events") == 4
 
 
@@ -106,7 +118,12 @@ def test_bad_input_gets_4xx_or_a_stored_invalid_event_never_a_500(dev_host: Runn
     )
     # After all of that, a valid message still arrives.
     assert post(dev_host, valid_body, sign(valid_body, APP_SECRET)).status_code == 200
-    wait_for(lambda: count(dev_host, "SELECT count(*) FROM whatsapp_messages") == 1)
+    wait_for(
+        lambda: (
+            count(dev_host, "SELECT count(*) FROM whatsapp_messages WHERE direction = 'inbound'")
+            == 1
+        )
+    )
     assert " 500 " not in dev_host.log()
 
 

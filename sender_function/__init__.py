@@ -1,0 +1,22 @@
+"""Service Bus trigger on the outbound queue: sends one agent reply per message, in session order."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from shared_code.runtime import get_services
+
+bp = func.Blueprint()
+
+
+@bp.service_bus_queue_trigger(
+    arg_name="message",
+    connection="ServiceBusConnection",
+    queue_name="%OUTBOUND_QUEUE_NAME%",
+    is_sessions_enabled=True,
+)
+async def sender_send_message(message: func.ServiceBusMessage) -> None:
+    # Back-off is a scheduled copy published by the sender, so returning (complete) is the normal
+    # end; SendAttemptsExhausted raises on every delivery so the broker dead-letters the message.
+    services = await get_services()
+    await services.sender.handle(message.get_body())

@@ -1,0 +1,280 @@
+"""Repository of outbound messages: replies waiting to be sent, and what each send attempt did."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from shared_code.db.pool import Connection
+from shared_code.db.statuses import fold_statuses
+
+__all__ = [
+    "CALLBACK_PREFIX",
+    "NewOutbound",
+    "OutboundRow",
+    "adopt_wamid",
+    "begin_attempt",
+    "callback_data_for",
+    "earlier_unsent_due",
+    "find_by_idempotency_key",
+    "insert_outbound",
+    "load_outbound",
+    "outbound_id_from_callback",
+    "record_failed",
+    "record_requeue",
+    "record_sent",
+    "wamid_reported_for",
+]
+
+# Meta echoes ``biz_opaque_callback_data`` in every status webhook of the message, which is how an
+# ambiguous send (timeout after the request left) finds out whether it reached WhatsApp.
+CALLBACK_PREFIX = "outbound:"
+
+
+def callback_data_for(outbound_id: int) -> str:
+    return f"{CALLBACK_PREFIX}{outbound_id}"
+
+
+def outbound_id_from_callback(data: str | None) -> int | None:
+    if not data or not data.startswith(CALLBACK_PREFIX):
+        return None
+    digits = data[len(CALLBACK_PREFIX) :]
+    return int(digits) if digits.isdigit() else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewOutbound:
+    conversation_id: int
+    phone_number_id: str
+    contact_wa_id: str
+    message_type: str
+    text_body: str | None
+    content: Mapping[str, Any]
+    idempotency_key: str
+    agent: str | None = None
+    reply_to_message_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundRow:
+    id: int
+    conversation_id: int
+    phone_number_id: str
+    contact_wa_id: str
+    message_type: str
+    content: dict[str, Any]
+    wamid: str | None
+    status: str
+    send_attempts: int
+    send_started_at: datetime | None
+    next_attempt_at: datetime | None
+    requeue_count: int
+    gave_up_at: datetime | None
+    now: datetime
+
+    @property
+    def settled(self) -> bool:
+        """Meta accepted it, or it failed for good: nothing more to send."""
+        return self.wamid is not None or self.status != "pending"
+
+
+async def insert_outbound(conn: Connection, message: NewOutbound) -> tuple[int, bool]:
+    """Insert once per idempotency key; returns (row id, created)."""
+    cursor = await conn.execute(
+        """
+        INSERT INTO whatsapp_messages
+            (conversation_id, direction, phone_number_id, contact_wa_id, message_type, text_body,
+             content, status, idempotency_key, agent, reply_to_message_id)
+        VALUES (%s, 'outbound', %s, %s, %s, %s, %s, 'pending', %s, %s, %s)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id
+        """,
+        (
+            message.conversation_id,
+            message.phone_number_id,
+            message.contact_wa_id,
+            message.message_type,
+            message.text_body,
+            Jsonb(dict(message.content)),
+            message.idempotency_key,
+            message.agent,
+            message.reply_to_message_id,
+        ),
+    )
+    row = await cursor.fetchone()
+    if row is not None:
+        await conn.execute(
+            "UPDATE whatsapp_conversations SET last_message_at = now(), updated_at = now() "
+            "WHERE id = %s",
+            (message.conversation_id,),
+        )
+        return int(row[0]), True
+    existing = await find_by_idempotency_key(conn, message.idempotency_key)
+    assert existing is not None  # the conflict proves it exists, and rows are never deleted
+    return existing, False
+
+
+async def find_by_idempotency_key(conn: Connection, key: str) -> int | None:
+    cursor = await conn.execute(
+        "SELECT id FROM whatsapp_messages WHERE idempotency_key = %s", (key,)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def load_outbound(conn: Connection, outbound_id: int) -> OutboundRow | None:
+    cursor = conn.cursor(row_factory=class_row(OutboundRow))
+    await cursor.execute(
+        """
+        SELECT id, conversation_id, phone_number_id, contact_wa_id, message_type, content, wamid,
+               status, send_attempts, send_started_at, next_attempt_at, requeue_count,
+               gave_up_at, clock_timestamp() AS now
+        FROM whatsapp_messages WHERE id = %s AND direction = 'outbound'
+        """,
+        (outbound_id,),
+    )
+    return await cursor.fetchone()
+
+
+async def earlier_unsent_due(conn: Connection, row: OutboundRow) -> datetime | None:
+    """When the first earlier unsent reply of the conversation is due, if there is one.
+
+    Replies leave in the order they were written: a later one waits for the earlier ones.
+    """
+    cursor = await conn.execute(
+        """
+        SELECT COALESCE(next_attempt_at, clock_timestamp()) FROM whatsapp_messages
+        WHERE conversation_id = %s AND direction = 'outbound' AND wamid IS NULL
+          AND status = 'pending' AND id < %s
+        ORDER BY id LIMIT 1
+        """,
+        (row.conversation_id, row.id),
+    )
+    found = await cursor.fetchone()
+    return None if found is None else found[0]
+
+
+async def begin_attempt(conn: Connection, outbound_id: int) -> int:
+    """Record that a request is about to leave; returns the attempt number."""
+    cursor = await conn.execute(
+        """
+        UPDATE whatsapp_messages
+        SET send_attempts = send_attempts + 1, send_started_at = clock_timestamp(),
+            updated_at = now()
+        WHERE id = %s
+        RETURNING send_attempts
+        """,
+        (outbound_id,),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def record_sent(conn: Connection, outbound_id: int, wamid: str) -> None:
+    await conn.execute(
+        """
+        UPDATE whatsapp_messages
+        SET wamid = %s,
+            status = CASE WHEN whatsapp_status_rank(status) < whatsapp_status_rank('sent')
+                          THEN 'sent' ELSE status END,
+            sent_at = COALESCE(sent_at, clock_timestamp()),
+            send_started_at = NULL, next_attempt_at = NULL,
+            error_code = NULL, error_title = NULL, error_details = NULL, updated_at = now()
+        WHERE id = %s AND wamid IS NULL
+        """,
+        (wamid, outbound_id),
+    )
+    # Status webhooks that arrived before the wamid was known wait in the history.
+    await fold_statuses(conn, wamid)
+
+
+async def adopt_wamid(conn: Connection, outbound_id: int, wamid: str) -> bool:
+    """A status webhook proved an ambiguous send reached WhatsApp: take its wamid."""
+    cursor = await conn.execute(
+        """
+        UPDATE whatsapp_messages
+        SET wamid = %s, send_started_at = NULL, next_attempt_at = NULL, updated_at = now()
+        WHERE id = %s AND direction = 'outbound' AND wamid IS NULL
+        """,
+        (wamid, outbound_id),
+    )
+    adopted = cursor.rowcount == 1
+    if adopted:
+        await fold_statuses(conn, wamid)
+    return adopted
+
+
+async def wamid_reported_for(conn: Connection, outbound_id: int) -> str | None:
+    """The wamid of a status webhook that echoed this row's callback data, if one came."""
+    cursor = await conn.execute(
+        "SELECT wamid FROM whatsapp_message_statuses WHERE biz_opaque_callback_data = %s LIMIT 1",
+        (callback_data_for(outbound_id),),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def record_failed(
+    conn: Connection,
+    outbound_id: int,
+    *,
+    code: int | None,
+    title: str,
+    details: str | None,
+    gave_up: bool = False,
+) -> None:
+    """A permanent error, or ``gave_up`` after the last allowed attempt."""
+    await conn.execute(
+        """
+        UPDATE whatsapp_messages
+        SET status = 'failed', failed_at = clock_timestamp(), error_code = %s, error_title = %s,
+            error_details = %s, send_started_at = NULL, next_attempt_at = NULL,
+            gave_up_at = CASE WHEN %s THEN clock_timestamp() END, updated_at = now()
+        WHERE id = %s AND wamid IS NULL
+        """,
+        (code, title, details, gave_up, outbound_id),
+    )
+
+
+async def record_requeue(
+    conn: Connection,
+    outbound_id: int,
+    *,
+    delay_seconds: float,
+    keep_in_flight: bool = False,
+    code: int | None = None,
+    title: str | None = None,
+) -> tuple[int, datetime]:
+    """Note that the row is re-queued ``delay_seconds`` from now; returns (requeue count, due).
+
+    ``keep_in_flight`` keeps ``send_started_at``: the last request may have reached Meta.
+    """
+    cursor = await conn.execute(
+        """
+        UPDATE whatsapp_messages
+        SET requeue_count = requeue_count + 1,
+            next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s),
+            send_started_at = CASE WHEN %(keep)s THEN send_started_at END,
+            error_code = COALESCE(%(code)s, error_code),
+            error_title = COALESCE(%(title)s, error_title),
+            updated_at = now()
+        WHERE id = %(id)s
+        RETURNING requeue_count, next_attempt_at
+        """,
+        {
+            "delay": delay_seconds,
+            "keep": keep_in_flight,
+            "code": code,
+            "title": title,
+            "id": outbound_id,
+        },
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0]), row[1]

@@ -1,0 +1,196 @@
+"""The orchestrator: from a stored inbound message to a queued reply.
+
+For each message the processor stored, it marks the message read and shows typing, picks the
+conversation's agent (see :mod:`agent_routing`), gives it the contact and recent history, and
+turns the answer into an outbound row keyed ``reply:<inbound wamid>`` published to the outbound
+queue in the conversation's session. Running it twice for one message (a redelivery) finds the
+row by its key and only makes sure it is queued, so the user gets one reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from shared_code.bus.port import MessageBus
+from shared_code.db import conversations, outbound
+from shared_code.db.pool import Pool
+from shared_code.orchestrator.agent_routing import AgentRoutingRule, choose_agent
+from shared_code.orchestrator.agents import (
+    AgentRegistry,
+    AgentReply,
+    AgentRequest,
+    Contact,
+    HistoryEntry,
+    InboundMessage,
+    InteractiveReply,
+    TemplateReply,
+    TextReply,
+    reply_or_fallback,
+)
+from shared_code.routing import InboundForRouting
+from shared_code.sending import outbound_bus_message
+from shared_code.whatsapp import outbound as bodies
+from shared_code.whatsapp.graph_client import GraphApiClient
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Orchestrator", "reply_body"]
+
+
+class Orchestrator:
+    """Implements :class:`shared_code.routing.Router`."""
+
+    def __init__(
+        self,
+        *,
+        pool: Pool,
+        bus: MessageBus,
+        outbound_queue: str,
+        graph: GraphApiClient,
+        agents: AgentRegistry,
+        routing_rules: Sequence[AgentRoutingRule] = (),
+        timeout_seconds: float,
+        fallback: TextReply,
+        history_limit: int,
+        mark_as_read: bool = True,
+    ) -> None:
+        self._pool = pool
+        self._bus = bus
+        self._queue = outbound_queue
+        self._graph = graph
+        self._agents = agents
+        self._rules = tuple(routing_rules)
+        self._timeout = timeout_seconds
+        self._fallback = fallback
+        self._history_limit = history_limit
+        self._mark_as_read = mark_as_read
+
+    async def route(self, message: InboundForRouting) -> None:
+        key = f"reply:{message.wamid}"
+        async with self._pool.connection() as conn:
+            existing = await outbound.find_by_idempotency_key(conn, key)
+        if existing is not None:
+            await self._publish(existing, message)
+            return
+        # Blue ticks and the typing bubble go out while the agent works, not before it starts.
+        courtesy = (
+            asyncio.create_task(self._show_read_and_typing(message)) if self._mark_as_read else None
+        )
+        try:
+            await self._answer(message, key)
+        finally:
+            if courtesy is not None:
+                await courtesy
+
+    async def _answer(self, message: InboundForRouting, key: str) -> None:
+        async with self._pool.connection() as conn:
+            context = await conversations.load_agent_context(
+                conn, message.conversation_id, message.message_id, self._history_limit
+            )
+        choice = choose_agent(
+            self._rules,
+            assigned_agent=context.assigned_agent,
+            text=message.text,
+            reply_id=message.reply_id,
+        )
+        agent = self._agents.get(choice.agent)
+        if choice.assign and choice.agent is not None:
+            async with self._pool.connection() as conn:
+                await conversations.assign_agent(conn, message.conversation_id, agent.name)
+        request = AgentRequest(
+            conversation_id=message.conversation_id,
+            phone_number_id=message.phone_number_id,
+            contact=Contact(wa_id=message.contact_wa_id, profile_name=context.profile_name),
+            message=InboundMessage(
+                wamid=message.wamid,
+                message_type=message.message_type,
+                text=message.text,
+                reply_id=message.reply_id,
+            ),
+            history=[
+                HistoryEntry(
+                    direction="inbound" if row.direction == "inbound" else "outbound",
+                    message_type=row.message_type,
+                    text=row.text_body,
+                    at=row.at,
+                )
+                for row in context.history
+            ],
+        )
+        reply = await reply_or_fallback(
+            agent, request, timeout_seconds=self._timeout, fallback=self._fallback
+        )
+        if reply is None:
+            logger.info(
+                "agent %s chose not to reply in conversation %d",
+                agent.name,
+                message.conversation_id,
+            )
+            return
+        body = reply_body(reply, to=message.contact_wa_id)
+        async with self._pool.connection() as conn:
+            row_id, _ = await outbound.insert_outbound(
+                conn,
+                outbound.NewOutbound(
+                    conversation_id=message.conversation_id,
+                    phone_number_id=message.phone_number_id,
+                    contact_wa_id=message.contact_wa_id,
+                    message_type=str(body["type"]),
+                    text_body=_text_of(reply),
+                    content=body,
+                    idempotency_key=key,
+                    agent=agent.name,
+                    reply_to_message_id=message.message_id,
+                ),
+            )
+        await self._publish(row_id, message)
+
+    async def _publish(self, row_id: int, message: InboundForRouting) -> None:
+        # A failure raises: the processor's delivery is retried and lands in the branch above.
+        await self._bus.publish(
+            self._queue,
+            [
+                outbound_bus_message(
+                    row_id,
+                    phone_number_id=message.phone_number_id,
+                    contact_wa_id=message.contact_wa_id,
+                )
+            ],
+        )
+
+    async def _show_read_and_typing(self, message: InboundForRouting) -> None:
+        try:
+            await self._graph.mark_as_read(
+                message.wamid, typing_indicator=True, phone_number_id=message.phone_number_id
+            )
+        except Exception as error:
+            # Blue ticks and the typing bubble are courtesy: the reply matters more.
+            logger.warning(
+                "could not mark message %d as read: %s", message.message_id, type(error).__name__
+            )
+
+
+def reply_body(reply: AgentReply, *, to: str) -> dict[str, Any]:
+    """The Graph API request body for an agent's answer."""
+    if isinstance(reply, TextReply):
+        return bodies.text_message(to, reply.body, preview_url=reply.preview_url)
+    if isinstance(reply, InteractiveReply):
+        return bodies.interactive_message(to, reply.interactive)
+    assert isinstance(reply, TemplateReply)
+    return bodies.template_message(
+        to, reply.name, reply.language_code, components=list(reply.components)
+    )
+
+
+def _text_of(reply: AgentReply) -> str | None:
+    if isinstance(reply, TextReply):
+        return reply.body
+    if isinstance(reply, InteractiveReply):
+        body: Mapping[str, Any] | Any = reply.interactive.get("body")
+        if isinstance(body, Mapping) and isinstance(body.get("text"), str):
+            return str(body["text"])
+        return None
+    return None

@@ -1,0 +1,321 @@
+"""The sender: one outbound row per bus message, sent once, in order, within WhatsApp's limits.
+
+Each delivery of a queue message looks at the row's state in PostgreSQL and does one step:
+
+- settled (has a wamid, or failed) → nothing to do;
+- a request of an earlier attempt may have reached Meta (``send_started_at`` still set) → take the
+  wamid from a status webhook that echoed our ``biz_opaque_callback_data``, or wait for one (a
+  scheduled re-check), and resend only after ``confirmation_wait_seconds`` without any status;
+- an earlier reply of the same conversation is not sent yet → wait for it (replies keep order);
+- rate control says not yet → pace briefly, or re-queue for when a slot frees up;
+- otherwise send: record the wamid and ``sent``, or the error. Throttling and retryable errors
+  re-queue the message with exponential back-off and jitter as a *scheduled* bus message (the
+  function never sleeps through a back-off); permanent errors record ``failed`` with Meta's code.
+
+After ``max_attempts`` the row is marked failed and its bus message is refused on every delivery,
+so the broker moves it to the dead-letter queue (Python functions cannot dead-letter directly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from datetime import datetime, timedelta
+
+import msgspec
+
+from shared_code.bus.port import MessageBus, OutgoingMessage
+from shared_code.db import outbound
+from shared_code.db.pool import Pool
+from shared_code.ratelimit import RateLimiter
+from shared_code.retry_policy import RetryPolicy
+from shared_code.whatsapp.errors import (
+    GraphApiError,
+    PairRateLimitError,
+    RetryableError,
+    ThrottledError,
+    TransportError,
+)
+from shared_code.whatsapp.graph_client import GraphApiClient
+from shared_code.whatsapp.webhook import session_id_for
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OutboundSender",
+    "SendAttemptsExhausted",
+    "SendOutcome",
+    "SendRequest",
+    "outbound_bus_message",
+]
+
+
+class SendRequest(msgspec.Struct, frozen=True):
+    """The body of an ``outbound-messages`` bus message: which row to send."""
+
+    outbound_message_id: int
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(SendRequest).decode
+
+
+def outbound_bus_message(
+    row_id: int,
+    *,
+    phone_number_id: str,
+    contact_wa_id: str,
+    requeue_count: int = 0,
+    scheduled_at: datetime | None = None,
+) -> OutgoingMessage:
+    """The bus message for a row; each re-queue gets a new id, a repeat of one keeps it."""
+    message_id = (
+        f"outbound:{row_id}" if requeue_count == 0 else f"outbound:{row_id}:{requeue_count}"
+    )
+    return OutgoingMessage(
+        body=_encode(SendRequest(outbound_message_id=row_id)),
+        message_id=message_id,
+        session_id=session_id_for(phone_number_id, contact_wa_id),
+        subject="outbound",
+        scheduled_enqueue_time=scheduled_at,
+    )
+
+
+class SendOutcome(enum.Enum):
+    SENT = "sent"
+    ALREADY_SETTLED = "already_settled"
+    CONFIRMED_BY_STATUS = "confirmed_by_status"
+    FAILED = "failed"
+    REQUEUED = "requeued"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    WAITING_FOR_EARLIER = "waiting_for_earlier"
+    RATE_LIMITED = "rate_limited"
+    NOT_FOUND = "not_found"
+    UNREADABLE = "unreadable"
+
+
+class SendAttemptsExhausted(RuntimeError):
+    """Raised on every delivery of a row the sender gave up on, so the broker dead-letters it."""
+
+
+class OutboundSender:
+    def __init__(
+        self,
+        *,
+        pool: Pool,
+        bus: MessageBus,
+        queue: str,
+        graph: GraphApiClient,
+        limiter: RateLimiter,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self._pool = pool
+        self._bus = bus
+        self._queue = queue
+        self._graph = graph
+        self._limiter = limiter
+        self._policy = policy or RetryPolicy()
+
+    async def handle(self, body: bytes) -> SendOutcome:
+        try:
+            request = _decode(body)
+        except msgspec.DecodeError as error:
+            logger.warning("outbound bus message dropped, unreadable: %s", error)
+            return SendOutcome.UNREADABLE
+        async with self._pool.connection() as conn:
+            row = await outbound.load_outbound(conn, request.outbound_message_id)
+        if row is None:
+            logger.warning("outbound message %d not found", request.outbound_message_id)
+            return SendOutcome.NOT_FOUND
+        if row.gave_up_at is not None:
+            raise SendAttemptsExhausted(
+                f"outbound message {row.id} failed after {row.send_attempts} attempts"
+            )
+        if row.settled:
+            return SendOutcome.ALREADY_SETTLED
+        if row.next_attempt_at is not None and row.next_attempt_at > row.now + _EARLY_TOLERANCE:
+            # An older copy of a message already re-queued (the broker redelivered it after the
+            # re-queue was published but before it was completed): make sure the scheduled copy
+            # exists — same id, so the bus drops it if it does — and leave the rest to it.
+            await self._publish(row, row.next_attempt_at)
+            return SendOutcome.REQUEUED
+        if row.send_started_at is not None:
+            waiting = await self._resolve_ambiguous(row)
+            if waiting is not None:
+                return waiting
+        async with self._pool.connection() as conn:
+            earlier_due = await outbound.earlier_unsent_due(conn, row)
+        if earlier_due is not None and earlier_due < row.now - _ORDER_GIVE_UP:
+            # The earlier reply's own bus message is long overdue; keeping order would stall
+            # the conversation indefinitely, so this one goes ahead.
+            logger.warning("outbound message %d: an earlier reply is overdue; not waiting", row.id)
+            earlier_due = None
+        if earlier_due is not None:
+            delay = max((earlier_due - row.now).total_seconds(), 0.0) + _ORDER_GAP_SECONDS
+            await self._requeue(row, delay)
+            return SendOutcome.WAITING_FOR_EARLIER
+        if not await self._acquire_slot(row):
+            return SendOutcome.RATE_LIMITED
+        return await self._send(row)
+
+    # --- steps ----------------------------------------------------------------------------------
+
+    async def _resolve_ambiguous(self, row: outbound.OutboundRow) -> SendOutcome | None:
+        """None when the row should be sent (again); otherwise what was done instead."""
+        assert row.send_started_at is not None
+        async with self._pool.connection() as conn:
+            wamid = await outbound.wamid_reported_for(conn, row.id)
+            if wamid is not None:
+                await outbound.adopt_wamid(conn, row.id, wamid)
+                logger.info("outbound message %d confirmed by a status webhook", row.id)
+                return SendOutcome.CONFIRMED_BY_STATUS
+        waited = (row.now - row.send_started_at).total_seconds()
+        remaining = self._policy.confirmation_wait_seconds - waited
+        if remaining > 0:
+            await self._requeue(row, remaining, keep_in_flight=True)
+            return SendOutcome.AWAITING_CONFIRMATION
+        logger.warning(
+            "outbound message %d: no status %.0f s after an ambiguous send; sending again",
+            row.id,
+            waited,
+        )
+        return None
+
+    async def _acquire_slot(self, row: outbound.OutboundRow) -> bool:
+        decision = await self._limiter.acquire(row.phone_number_id, row.contact_wa_id)
+        while not decision.allowed and decision.retry_after <= self._policy.max_pacing_seconds:
+            await asyncio.sleep(decision.retry_after)
+            decision = await self._limiter.acquire(row.phone_number_id, row.contact_wa_id)
+        if decision.allowed:
+            return True
+        # Spread the waiters over a little time so they do not all come back in the same instant.
+        delay = decision.retry_after * random.uniform(1.0, 1.1)  # noqa: S311 - jitter
+        await self._requeue(row, delay)
+        logger.info(
+            "outbound message %d re-queued for %.1f s by the %s limit",
+            row.id,
+            delay,
+            decision.limit,
+        )
+        return False
+
+    async def _send(self, row: outbound.OutboundRow) -> SendOutcome:
+        async with self._pool.connection() as conn:
+            attempt = await outbound.begin_attempt(conn, row.id)
+        body = dict(row.content)
+        body["biz_opaque_callback_data"] = outbound.callback_data_for(row.id)
+        try:
+            sent = await self._graph.send_message(body, phone_number_id=row.phone_number_id)
+        except TransportError as error:
+            if error.request_may_have_been_sent:
+                logger.warning(
+                    "outbound message %d: %s after the request left; waiting for a status",
+                    row.id,
+                    type(error).__name__,
+                )
+                await self._requeue(
+                    row, self._policy.confirmation_wait_seconds, keep_in_flight=True
+                )
+                return SendOutcome.AWAITING_CONFIRMATION
+            return await self._retry_later(row, attempt, error, self._policy.backoff(attempt))
+        except ThrottledError as error:
+            await self._limiter.report_throttled(row.phone_number_id)
+            return await self._retry_later(row, attempt, error, self._policy.backoff(attempt))
+        except PairRateLimitError as error:
+            delay = self._policy.pair_backoff(attempt)
+            await self._limiter.report_pair_limited(
+                row.phone_number_id, row.contact_wa_id, seconds=delay
+            )
+            return await self._retry_later(row, attempt, error, delay)
+        except RetryableError as error:
+            return await self._retry_later(row, attempt, error, self._policy.backoff(attempt))
+        except GraphApiError as error:
+            async with self._pool.connection() as conn:
+                await outbound.record_failed(
+                    conn, row.id, code=error.code, title=error.title, details=error.details
+                )
+            logger.warning("outbound message %d failed permanently (code %s)", row.id, error.code)
+            return SendOutcome.FAILED
+        async with self._pool.connection() as conn:
+            await outbound.record_sent(conn, row.id, sent.wamid)
+        return SendOutcome.SENT
+
+    async def _retry_later(
+        self, row: outbound.OutboundRow, attempt: int, error: GraphApiError, delay: float
+    ) -> SendOutcome:
+        if attempt >= self._policy.max_attempts:
+            async with self._pool.connection() as conn:
+                await outbound.record_failed(
+                    conn,
+                    row.id,
+                    code=error.code,
+                    title=f"gave up after {attempt} attempts: {error.title}",
+                    details=error.details,
+                    gave_up=True,
+                )
+            logger.error(
+                "outbound message %d failed after %d attempts (last code %s); dead-lettering",
+                row.id,
+                attempt,
+                error.code,
+            )
+            raise SendAttemptsExhausted(
+                f"outbound message {row.id} failed after {attempt} attempts"
+            )
+        logger.info(
+            "outbound message %d: attempt %d failed (%s, code %s); retrying in %.1f s",
+            row.id,
+            attempt,
+            type(error).__name__,
+            error.code,
+            delay,
+        )
+        await self._requeue(row, delay, code=error.code, title=error.title)
+        return SendOutcome.REQUEUED
+
+    async def _requeue(
+        self,
+        row: outbound.OutboundRow,
+        delay: float,
+        *,
+        keep_in_flight: bool = False,
+        code: int | None = None,
+        title: str | None = None,
+    ) -> None:
+        async with self._pool.connection() as conn:
+            count, due = await outbound.record_requeue(
+                conn,
+                row.id,
+                delay_seconds=delay,
+                keep_in_flight=keep_in_flight,
+                code=code,
+                title=title,
+            )
+        await self._publish(row, due, requeue_count=count)
+
+    async def _publish(
+        self, row: outbound.OutboundRow, due: datetime, *, requeue_count: int | None = None
+    ) -> None:
+        # A failure raises: the current delivery is abandoned and comes back, and its next run
+        # publishes the same re-queue again (the row remembers it).
+        await self._bus.publish(
+            self._queue,
+            [
+                outbound_bus_message(
+                    row.id,
+                    phone_number_id=row.phone_number_id,
+                    contact_wa_id=row.contact_wa_id,
+                    requeue_count=row.requeue_count if requeue_count is None else requeue_count,
+                    scheduled_at=due,
+                )
+            ],
+        )
+
+
+# A copy arriving slightly before its scheduled time (clock differences) is still the one.
+_EARLY_TOLERANCE = timedelta(seconds=1)
+# After an earlier reply's due time, so that one goes first.
+_ORDER_GAP_SECONDS = 0.2
+_ORDER_GIVE_UP = timedelta(minutes=5)
