@@ -258,7 +258,7 @@ class QueueTrigger:
                 message = await receiver.receive()
                 if message is None:
                     remaining = idle_until - time.monotonic()
-                    if remaining <= 0 or not await self._wait_for_activity(remaining):
+                    if remaining <= 0 or not await self._wait_for_session(receiver, remaining):
                         break
                     continue
                 cut_off = True
@@ -382,6 +382,14 @@ class QueueTrigger:
             raise _Stopped from None
         finally:
             self._idle.discard(task)
+
+    async def _wait_for_session(self, receiver: SessionReceiver, seconds: float) -> bool:
+        """Sleep until the held session may have a message; False when the trigger is stopping."""
+        try:
+            await self._idle_wait(receiver.wait_for_message(seconds))
+        except _Stopped:
+            return False
+        return not self._stopping
 
     async def _wait_for_activity(self, seconds: float) -> bool:
         """Sleep until the queue may have work; False when the trigger is stopping."""

@@ -2,8 +2,8 @@
 
 Target (issue 4): echo agent, 100 new conversations per second, **p99 < 50 ms**.
 
-Runs `python -m local` as `make dev` does (dev host, local queue, simulator in the same process,
-embedded PostgreSQL unless DATABASE_URL is set). The driver makes a new simulated user write every
+Runs `python -m local` as `make dev` does (dev host, local queue, embedded PostgreSQL unless
+DATABASE_URL is set), but with the simulator in a process of its own, as Meta is. The driver makes a new simulated user write every
 1/rate seconds, open loop, through the simulator's user endpoint (which signs and posts Meta's
 webhook to the host); the latency of a conversation is the time from the driver's request to the
 moment the simulator accepted the reply (both wall clock on this machine). The business number is
@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,6 @@ import httpx
 from bench.ingest.__main__ import free_port, peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[2]
-_SIMULATOR_LINE = re.compile(r"WhatsApp Cloud API simulator: (http://\S+)")
 
 
 async def drive(simulator_url: str, rate: float, duration: float) -> dict[str, float]:
@@ -89,19 +87,32 @@ def main() -> int:
         ),
     )
     port = free_port()
-    log_path = work / "host.log"
-    host = subprocess.Popen(
+    simulator_port = free_port()
+    simulator_url = f"http://127.0.0.1:{simulator_port}"
+    # Meta is not on our CPU in production: the simulator runs in a process of its own.
+    simulator = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "local",
+            "local.simulator",
             "--port",
-            str(port),
-            "--simulator-port",
-            "0",
+            str(simulator_port),
+            "--webhook-url",
+            f"http://127.0.0.1:{port}/api/v1/whatsapp/webhook",
+            "--throughput",
+            "1000",
             "--log-level",
             "WARNING",
         ],
+        cwd=REPO,
+        env=env,
+        stdout=(work / "simulator.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    env["WHATSAPP_GRAPH_BASE_URL"] = simulator_url
+    log_path = work / "host.log"
+    host = subprocess.Popen(
+        [sys.executable, "-m", "local", "--port", str(port), "--log-level", "WARNING"],
         cwd=REPO,
         env=env,
         stdout=log_path.open("wb"),
@@ -114,10 +125,6 @@ def main() -> int:
                 print(log_path.read_text(errors="replace"))
                 return 1
             time.sleep(0.1)
-        found = _SIMULATOR_LINE.search(log_path.read_text(errors="replace"))
-        assert found is not None, "the dev host started no simulator"
-        simulator_url = found.group(1)
-        httpx.put(f"{simulator_url}/simulator/config", json={"throughput_per_second": 1000})
         # Warm-up: the first message builds the app's services (pool, clients, migrations check).
         asyncio.run(drive(simulator_url, rate=5, duration=1))
         time.sleep(2)
@@ -128,7 +135,9 @@ def main() -> int:
         rss = peak_rss_mb(host.pid)
     finally:
         host.terminate()
+        simulator.terminate()
         host.wait(timeout=30)
+        simulator.wait(timeout=30)
     replied = {m["to"]: float(m["time"]) for m in sent if m["to"] in started}
     latencies = sorted((replied[u] - started[u]) * 1000 for u in replied)
     missing = len(started) - len(replied)

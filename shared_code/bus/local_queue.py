@@ -3,8 +3,9 @@
 Semantics (mirroring Azure Service Bus):
 - publish: message-id duplicate detection within a window (default 10 min): a message whose id was
   accepted on the same queue within the window is silently dropped (also within one batch: the
-  first occurrence wins). Scheduled enqueue time delays visibility. One NOTIFY per queue per
-  publishing transaction wakes idle receivers.
+  first occurrence wins). Scheduled enqueue time delays visibility. A NOTIFY per queue and
+  session touched by a publishing transaction wakes idle receivers: the queue's feeders, and the
+  holder of that one session only (not every idle session holder of the queue).
 - sessions: a message with a session id is only delivered to the holder of that session's lock;
   one holder per session at a time; messages of a session are delivered in sequence order, one at a
   time while one is locked. Session lock expires after ``lock_duration`` unless renewed. A session
@@ -191,10 +192,12 @@ inserted AS (
            f.properties::jsonb, f.scheduled_enqueue_time, greatest(now(), f.scheduled_enqueue_time)
     FROM first_of_id f JOIN accepted a USING (message_id)
     ORDER BY f.position
-    RETURNING 1
+    RETURNING session_id
 ),
 notified AS (
-    SELECT pg_notify('local_bus', %(queue)s)::text FROM (SELECT 1 FROM inserted LIMIT 1) AS any_row
+    -- Payload "queue" or "queue<newline>session": the session's holder wakes, no other holder.
+    SELECT pg_notify('local_bus', %(queue)s || coalesce(E'\n' || session_id, ''))::text
+    FROM (SELECT DISTINCT session_id FROM inserted) AS touched
 )
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM notified)
 """
@@ -342,9 +345,12 @@ released AS (
     UPDATE local_bus_messages m
     SET lock_token = NULL, locked_until = NULL, session_lock_token = NULL
     WHERE {valid} AND m.delivery_count < %(max_delivery_count)s
-    RETURNING m.queue
+    RETURNING m.queue, m.session_id
 ),
-notified AS (SELECT pg_notify('local_bus', queue)::text FROM released)
+notified AS (
+    SELECT pg_notify('local_bus', queue || coalesce(E'\n' || session_id, ''))::text
+    FROM released
+)
 SELECT (SELECT count(*) FROM exhausted) + (SELECT count(*) FROM notified)
 """
 ).format(valid=_LOCK_IS_VALID, copy=_DEAD_LETTER_COPY)
@@ -433,6 +439,11 @@ class SessionReceiver:
         self._closed = False
         # One statement at a time per holder keeps "one message in flight" airtight.
         self._lock = asyncio.Lock()
+        # Notifications for this session seen by the listener, and the count at the last receive:
+        # a publish between a receive and the next wait is never slept through.
+        self._notified = 0
+        self._seen = 0
+        self._event: asyncio.Event | None = None
 
     async def receive(self, *, wait: float = 0.0) -> ReceivedMessage | None:
         """The session's next message, or None when none arrives within ``wait`` seconds.
@@ -442,6 +453,28 @@ class SessionReceiver:
         if self._closed:
             raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
         return await self._bus._receive_until(self.queue, wait, session=self)
+
+    async def wait_for_message(self, timeout: float) -> None:  # noqa: ASYNC109 - see wait_for_activity
+        """Return when a message was published to this session (or one of its messages was
+        abandoned) since the last receive, or after ``timeout`` seconds.
+
+        Only this session's notifications wake it, so a hundred idle holders do not all query
+        on every publish to the queue.
+        """
+        if self._closed or self._notified != self._seen or timeout <= 0:
+            return
+        self._event = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
+        finally:
+            self._event = None
+
+    def _on_notify(self) -> None:
+        self._notified += 1
+        if self._event is not None:
+            self._event.set()
 
     async def renew_session_lock(self) -> datetime:
         if self._closed:
@@ -454,6 +487,7 @@ class SessionReceiver:
         if self._closed:
             return
         self._closed = True
+        self._on_notify()  # a waiter returns at once
         await self._bus._release_session(self)
 
     async def __aenter__(self) -> Self:
@@ -489,6 +523,8 @@ class LocalQueue:
         self._listening = asyncio.Event()
         self._listened_once = False
         self._listener: asyncio.Task[None] | None = None
+        # Session holders in this process, woken by their session's notifications only.
+        self._holders: dict[tuple[str, str], SessionReceiver] = {}
         # Per queue: (generation, loop time, seconds until due) of the last due-time query.
         self._due_cache: dict[str, tuple[int, float, float | None]] = {}
 
@@ -670,12 +706,16 @@ class LocalQueue:
             if session is None:
                 message = await self._try_receive(queue, None)
             else:
+                session._seen = session._notified
                 async with session._lock:
                     message = await self._try_receive(queue, session)
             remaining = deadline - asyncio.get_running_loop().time()
             if message is not None or remaining <= 0 or self._closed:
                 return message
-            await self._wait(queue, remaining, seen)
+            if session is None:
+                await self._wait(queue, remaining, seen)
+            else:
+                await session.wait_for_message(min(remaining, _DEAF_POLL_SECONDS))
 
     async def _try_receive(
         self, queue: str, session: SessionReceiver | None
@@ -719,13 +759,15 @@ class LocalQueue:
             assert row is not None  # the statement always returns exactly one row
             candidates, session_id, lock_token, locked_until = row
             if session_id is not None:
-                return SessionReceiver(
+                receiver = SessionReceiver(
                     self,
                     queue=queue,
                     session_id=session_id,
                     lock_token=str(lock_token),
                     locked_until=_utc(locked_until),
                 )
+                self._holders[(queue, session_id)] = receiver
+                return receiver
             if not candidates:
                 return None
             # Another acceptor locked the same session in the same instant: look again.
@@ -742,6 +784,8 @@ class LocalQueue:
         return _utc(row[0])
 
     async def _release_session(self, session: SessionReceiver) -> None:
+        if self._holders.get((session.queue, session.session_id)) is session:
+            del self._holders[(session.queue, session.session_id)]
         async with self._pool.connection() as conn:
             await conn.execute(_RELEASE_SESSION, _session_params(session))
 
@@ -809,13 +853,20 @@ class LocalQueue:
             return _DEAF_POLL_SECONDS
         return None if row is None or row[0] is None else float(row[0])
 
-    def _on_notify(self, queue: str) -> None:
+    def _on_notify(self, payload: str) -> None:
+        queue, _, session_id = payload.partition("\n")
+        if session_id:
+            holder = self._holders.get((queue, session_id))
+            if holder is not None:
+                holder._on_notify()
         self._notified[queue] = self._notified.get(queue, 0) + 1
         event = self._events.pop(queue, None)
         if event is not None:
             event.set()
 
     def _wake_everyone(self) -> None:
+        for holder in list(self._holders.values()):
+            holder._on_notify()
         self._epoch += 1
         events, self._events = self._events, {}
         for event in events.values():
