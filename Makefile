@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup dev test lint unit integration e2e bench-ingest doctor clean
+.PHONY: setup dev test lint unit integration e2e bench-ingest bench-sender bench-e2e doctor clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ e2e: setup
 
 bench-ingest: setup  ## benchmark: signed webhooks against the dev host (see bench/ingest/README.md)
 	$(BIN)/python -m bench.ingest
+
+bench-sender: setup  ## benchmark: 4 sender workers against the simulator at 80/s and 1,000/s
+	$(BIN)/python -m bench.sender
+
+bench-e2e: setup  ## benchmark: user message -> agent reply at the simulator, 100 conversations/s
+	$(BIN)/python -m bench.e2e
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

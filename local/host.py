@@ -114,8 +114,11 @@ class LocalHost:
         shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
         on_shutdown: Sequence[ShutdownHook] = (),
         function_directory: Path = REPO_ROOT,
+        only_functions: Sequence[str] | None = None,
     ) -> None:
         self._app = app
+        # Like `func start --functions a b`: run only these (None: all).
+        self._only = frozenset(only_functions) if only_functions else None
         self._database_url = database_url
         self._host = host
         self._requested_port = port
@@ -235,7 +238,13 @@ class LocalHost:
     async def _start(self) -> None:
         problems: list[str] = []
         queue_specs: list[FunctionSpec] = []
-        for spec in index_functions(self._app):
+        specs = index_functions(self._app)
+        if self._only is not None:
+            unknown = self._only - {spec.name for spec in specs}
+            if unknown:
+                problems.append(f"no such function(s): {', '.join(sorted(unknown))}")
+            specs = [spec for spec in specs if spec.name in self._only]
+        for spec in specs:
             if spec.trigger_type == _HTTP_TRIGGER:
                 self._add_http(spec, problems)
             elif spec.trigger_type == _SERVICE_BUS_TRIGGER:
@@ -443,6 +452,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-timers", action="store_true", help="do not run timer triggers")
     parser.add_argument(
+        "--functions",
+        nargs="+",
+        metavar="NAME",
+        help="run only these functions, like `func start --functions` (default: all)",
+    )
+    parser.add_argument(
         "--simulator-port",
         type=int,
         default=DEFAULT_SIMULATOR_PORT,
@@ -595,6 +610,7 @@ async def _start_host(
         config=config,
         timers=not args.no_timers,
         on_shutdown=[_shutdown_app_services],
+        only_functions=args.functions,
     )
     await host.start()
     return host

@@ -45,9 +45,13 @@ async def drive(simulator_url: str, rate: float, duration: float) -> dict[str, f
             nonlocal failures
             wa_id = f"1777{n:07d}"
             started[wa_id] = time.time()
-            answer = await client.post(
-                f"/simulator/users/{wa_id}/messages", json={"text": f"bench {n}"}
-            )
+            try:
+                answer = await client.post(
+                    f"/simulator/users/{wa_id}/messages", json={"text": f"bench {n}"}
+                )
+            except httpx.HTTPError:
+                failures += 1
+                return
             if answer.status_code != 200 or answer.json().get("webhook_status") != 200:
                 failures += 1
 
@@ -130,7 +134,7 @@ def main() -> int:
         time.sleep(2)
         httpx.post(f"{simulator_url}/simulator/reset")
         started = asyncio.run(drive(simulator_url, args.rate, args.duration))
-        time.sleep(3)
+        time.sleep(10)
         sent = httpx.get(f"{simulator_url}/simulator/messages", timeout=60).json()["messages"]
         rss = peak_rss_mb(host.pid)
     finally:
