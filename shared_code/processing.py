@@ -12,7 +12,7 @@ import enum
 import logging
 
 from shared_code.db import conversations, outbound, statuses
-from shared_code.db.pool import Connection, Pool
+from shared_code.db.pool import Pool
 from shared_code.routing import InboundForRouting, Router
 from shared_code.whatsapp.payloads import (
     MessageEvent,
@@ -35,8 +35,6 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"
 
 
-class _AlreadyStored(Exception):
-    pass
 
 
 class EventProcessor:
@@ -68,7 +66,7 @@ class EventProcessor:
             whatsapp_timestamp=message.timestamp,
         )
         async with self._pool.connection() as conn:
-            stored = await self._insert_new(conn, row)
+            stored = await conversations.store_inbound(conn, row)
             outcome = Outcome.STORED
             if stored is None:
                 stored = await conversations.find_inbound(conn, message.id)
@@ -91,20 +89,6 @@ class EventProcessor:
         async with self._pool.connection() as conn:
             await conversations.mark_routed(conn, stored.message_id)
         return outcome
-
-    @staticmethod
-    async def _insert_new(
-        conn: Connection, row: conversations.InboundMessageRow
-    ) -> conversations.StoredInbound | None:
-        try:
-            async with conn.transaction():
-                stored = await conversations.store_inbound(conn, row)
-                if stored is None:
-                    # Rolls back the contact/conversation touch of a redelivered message.
-                    raise _AlreadyStored
-        except _AlreadyStored:
-            return None
-        return stored
 
     async def _apply_status(self, event: StatusEvent) -> Outcome:
         status = event.status

@@ -145,8 +145,7 @@ class OutboundSender:
             waiting = await self._resolve_ambiguous(row)
             if waiting is not None:
                 return waiting
-        async with self._pool.connection() as conn:
-            earlier_due = await outbound.earlier_unsent_due(conn, row)
+        earlier_due = row.earlier_unsent_due
         if earlier_due is not None and earlier_due < row.now - _ORDER_GIVE_UP:
             # The earlier reply's own bus message is long overdue; keeping order would stall
             # the conversation indefinitely, so this one goes ahead.

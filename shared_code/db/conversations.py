@@ -43,12 +43,14 @@ class StoredInbound:
     routed: bool
 
 
-# One round trip: contact, open conversation and message together. The caller's transaction
-# is rolled back when the message already exists, so a redelivered wamid changes nothing.
+# One round trip, no transaction: contact, open conversation and message together. A known
+# wamid touches nothing (the guard), so a redelivered message changes nothing; two first
+# deliveries racing each other upsert the same contact and conversation and one message wins.
 _STORE_INBOUND = """
 WITH contact AS (
     INSERT INTO whatsapp_contacts AS c (wa_id, profile_name, last_inbound_at)
-    VALUES (%(wa_id)s, %(profile_name)s, %(ts)s)
+    SELECT %(wa_id)s, %(profile_name)s, %(ts)s
+    WHERE NOT EXISTS (SELECT 1 FROM whatsapp_messages WHERE wamid = %(wamid)s)
     ON CONFLICT (wa_id) DO UPDATE
         SET profile_name = COALESCE(EXCLUDED.profile_name, c.profile_name),
             last_inbound_at = GREATEST(c.last_inbound_at, EXCLUDED.last_inbound_at),
@@ -75,10 +77,7 @@ RETURNING id, conversation_id, (SELECT contact_id FROM conversation)
 
 
 async def store_inbound(conn: Connection, row: InboundMessageRow) -> StoredInbound | None:
-    """Insert the message with its contact and conversation; None if the wamid is known.
-
-    Must run inside a transaction that the caller rolls back on None.
-    """
+    """Insert the message with its contact and conversation; None if the wamid is known."""
     cursor = await conn.execute(
         _STORE_INBOUND,
         {

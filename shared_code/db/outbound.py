@@ -20,7 +20,6 @@ __all__ = [
     "adopt_wamid",
     "begin_attempt",
     "callback_data_for",
-    "earlier_unsent_due",
     "find_by_idempotency_key",
     "insert_outbound",
     "load_outbound",
@@ -75,6 +74,9 @@ class OutboundRow:
     next_attempt_at: datetime | None
     requeue_count: int
     gave_up_at: datetime | None
+    # When the first earlier unsent reply of the conversation is due, if there is one: replies
+    # leave in the order they were written, so a later one waits for the earlier ones.
+    earlier_unsent_due: datetime | None
     now: datetime
 
     @property
@@ -131,32 +133,19 @@ async def load_outbound(conn: Connection, outbound_id: int) -> OutboundRow | Non
     cursor = conn.cursor(row_factory=class_row(OutboundRow))
     await cursor.execute(
         """
-        SELECT id, conversation_id, phone_number_id, contact_wa_id, message_type, content, wamid,
-               status, send_attempts, send_started_at, next_attempt_at, requeue_count,
-               gave_up_at, clock_timestamp() AS now
-        FROM whatsapp_messages WHERE id = %s AND direction = 'outbound'
+        SELECT m.id, m.conversation_id, m.phone_number_id, m.contact_wa_id, m.message_type,
+               m.content, m.wamid, m.status, m.send_attempts, m.send_started_at,
+               m.next_attempt_at, m.requeue_count, m.gave_up_at,
+               (SELECT COALESCE(e.next_attempt_at, clock_timestamp()) FROM whatsapp_messages e
+                WHERE e.conversation_id = m.conversation_id AND e.direction = 'outbound'
+                  AND e.wamid IS NULL AND e.status = 'pending' AND e.id < m.id
+                ORDER BY e.id LIMIT 1) AS earlier_unsent_due,
+               clock_timestamp() AS now
+        FROM whatsapp_messages m WHERE m.id = %s AND m.direction = 'outbound'
         """,
         (outbound_id,),
     )
     return await cursor.fetchone()
-
-
-async def earlier_unsent_due(conn: Connection, row: OutboundRow) -> datetime | None:
-    """When the first earlier unsent reply of the conversation is due, if there is one.
-
-    Replies leave in the order they were written: a later one waits for the earlier ones.
-    """
-    cursor = await conn.execute(
-        """
-        SELECT COALESCE(next_attempt_at, clock_timestamp()) FROM whatsapp_messages
-        WHERE conversation_id = %s AND direction = 'outbound' AND wamid IS NULL
-          AND status = 'pending' AND id < %s
-        ORDER BY id LIMIT 1
-        """,
-        (row.conversation_id, row.id),
-    )
-    found = await cursor.fetchone()
-    return None if found is None else found[0]
 
 
 async def begin_attempt(conn: Connection, outbound_id: int) -> int:
@@ -177,7 +166,7 @@ async def begin_attempt(conn: Connection, outbound_id: int) -> int:
 
 
 async def record_sent(conn: Connection, outbound_id: int, wamid: str) -> None:
-    await conn.execute(
+    cursor = await conn.execute(
         """
         UPDATE whatsapp_messages
         SET wamid = %s,
@@ -187,11 +176,14 @@ async def record_sent(conn: Connection, outbound_id: int, wamid: str) -> None:
             send_started_at = NULL, next_attempt_at = NULL,
             error_code = NULL, error_title = NULL, error_details = NULL, updated_at = now()
         WHERE id = %s AND wamid IS NULL
+        RETURNING EXISTS (SELECT 1 FROM whatsapp_message_statuses WHERE wamid = %s)
         """,
-        (wamid, outbound_id),
+        (wamid, outbound_id, wamid),
     )
-    # Status webhooks that arrived before the wamid was known wait in the history.
-    await fold_statuses(conn, wamid)
+    early_statuses = await cursor.fetchone()
+    if early_statuses is not None and early_statuses[0]:
+        # Status webhooks that arrived before the wamid was known wait in the history.
+        await fold_statuses(conn, wamid)
 
 
 async def adopt_wamid(conn: Connection, outbound_id: int, wamid: str) -> bool:

@@ -134,3 +134,63 @@ def test_secret_missing_from_vault_and_environment_is_named() -> None:
     env = {k: v for k, v in COMPLETE.items() if k != "WHATSAPP_APP_SECRET"}
     with pytest.raises(ConfigurationError, match="WHATSAPP_APP_SECRET"):
         Settings.from_environment(env, secrets=KeyVaultSecrets(client, EnvironmentSecrets(env)))
+
+
+def test_reply_path_defaults_follow_the_seed() -> None:
+    settings = Settings.from_environment(COMPLETE)
+    limits = settings.rate_limits.for_number("123")
+    assert (limits.per_second, limits.per_minute, limits.per_day) == (80, 1000, 10000)
+    assert settings.agents.default_agent == "echo"
+    assert settings.agent_routing_rules == ()
+    assert settings.retry_policy.max_attempts == 8
+    assert settings.mark_as_read is True
+    assert settings.whatsapp_graph_timeout_seconds == 15.0
+
+
+def test_reply_path_settings_are_read() -> None:
+    settings = Settings.from_environment(
+        {
+            **COMPLETE,
+            "WHATSAPP_DEFAULT_AGENT": "openai",
+            "OPENAI_BASE_URL": "http://localhost:11434/v1",
+            "OPENAI_MODEL": "llama3",
+            "OPENAI_API_KEY": "sk-1",
+            "AGENT_TIMEOUT_SECONDS": "2.5",
+            "AGENT_ROUTING_RULES": '[{"agent": "rules", "keywords": ["menu"]}]',
+            "RATE_LIMITS": '{"123": {"per_second": 1000}}',
+            "SENDER_MAX_ATTEMPTS": "3",
+            "SENDER_CONFIRMATION_WAIT_SECONDS": "5",
+            "WHATSAPP_MARK_AS_READ": "false",
+        }
+    )
+    assert settings.agents.default_agent == "openai"
+    assert settings.agents.openai_api_key == Secret("sk-1")
+    assert settings.agents.timeout_seconds == 2.5
+    assert settings.agent_routing_rules[0].agent == "rules"
+    assert settings.rate_limits.for_number("123").per_second == 1000
+    assert settings.rate_limits.for_number("999").per_second == 80
+    assert settings.retry_policy.max_attempts == 3
+    assert settings.retry_policy.confirmation_wait_seconds == 5.0
+    assert settings.mark_as_read is False
+    assert "sk-1" not in repr(settings)
+
+
+def test_malformed_reply_path_settings_are_named_together() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_environment(
+            {
+                **COMPLETE,
+                "RATE_LIMITS": "{not json",
+                "AGENT_ROUTING_RULES": '[{"agent": "x"}]',
+                "WHATSAPP_MARK_AS_READ": "maybe",
+                "AGENT_TIMEOUT_SECONDS": "soon",
+            }
+        )
+    message = str(raised.value)
+    for name in (
+        "RATE_LIMITS",
+        "AGENT_ROUTING_RULES",
+        "WHATSAPP_MARK_AS_READ",
+        "AGENT_TIMEOUT_SECONDS",
+    ):
+        assert name in message
