@@ -35,8 +35,6 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"
 
 
-
-
 class EventProcessor:
     def __init__(self, pool: Pool, router: Router) -> None:
         self._pool = pool
