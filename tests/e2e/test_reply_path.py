@@ -171,3 +171,32 @@ def test_outside_the_24_hour_window_the_reply_fails_with_131047(
     )
     assert row[2] == 131047
     assert replies_to(host, user) == []
+
+
+def test_a_reply_that_keeps_failing_is_marked_failed_and_dead_lettered(
+    start_dev_host: HostFactory,
+) -> None:
+    host = start_dev_host(**FAST, SENDER_MAX_ATTEMPTS="2")
+    configure(host, faults={"server_error_next": 10, "server_error_code": 131000})
+    user = "15557770004"
+    user_writes(host, user, "are you there?")
+
+    [row] = wait_for(
+        "the failed reply", lambda: [r for r in reply_rows(host, user) if r[1] == "failed"]
+    )
+    assert row[2] == 131000
+
+    def dead_letters() -> list[tuple[Any, ...]]:
+        with psycopg.connect(host.database_url) as conn:
+            return conn.execute(
+                "SELECT message_id, dead_letter_reason FROM local_bus_dead_letters "
+                "WHERE queue = 'outbound-messages'"
+            ).fetchall()
+
+    [(message_id, reason)] = wait_for("the dead-lettered bus message", dead_letters)
+    assert message_id.startswith("outbound:")
+    assert reason == "MaxDeliveryCountExceeded"
+    assert replies_to(host, user) == []
+    stats = simulator(host, "GET", "/simulator/stats")
+    # Exactly SENDER_MAX_ATTEMPTS sends, both answered with the injected 500; none accepted.
+    assert (stats["accepted"], stats["errors"]) == (0, {"131000": 2})
