@@ -186,11 +186,11 @@ def reply_body(reply: AgentReply, *, to: str) -> dict[str, Any]:
 
 
 def _text_of(reply: AgentReply) -> str | None:
+    """What the conversation history shows of a reply: its text, or an interactive's body."""
     if isinstance(reply, TextReply):
         return reply.body
     if isinstance(reply, InteractiveReply):
-        body: Mapping[str, Any] | Any = reply.interactive.get("body")
-        if isinstance(body, Mapping) and isinstance(body.get("text"), str):
-            return str(body["text"])
-        return None
+        body = reply.interactive.get("body")
+        text = body.get("text") if isinstance(body, Mapping) else None
+        return text if isinstance(text, str) else None
     return None

@@ -1,0 +1,218 @@
+"""The orchestrator on real PostgreSQL and the local queue: agent choice, history, one reply per
+message even when routing runs again, and the read receipt with typing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from shared_code.bus.local_queue import LocalQueue
+from shared_code.db import conversations
+from shared_code.db.pool import Pool
+from shared_code.orchestrator.agent_routing import parse_routing_rules
+from shared_code.orchestrator.agents import (
+    AgentRegistry,
+    AgentReply,
+    AgentRequest,
+    EchoAgent,
+    TextReply,
+)
+from shared_code.orchestrator.orchestrator import Orchestrator
+from shared_code.routing import InboundForRouting
+from shared_code.secrets import Secret
+from shared_code.whatsapp.graph_client import GraphApiClient
+
+pytestmark = pytest.mark.integration
+
+PHONE_NUMBER_ID = "100000000000001"
+USER = "15551239900"
+
+
+class RecordingAgent:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.requests: list[AgentRequest] = []
+
+    async def reply(self, request: AgentRequest) -> AgentReply | None:
+        self.requests.append(request)
+        return TextReply(body=f"{self.name} answers")
+
+
+@pytest.fixture
+async def read_receipts() -> AsyncIterator[tuple[list[dict[str, object]], GraphApiClient]]:
+    received: list[dict[str, object]] = []
+
+    def meta(request: httpx.Request) -> httpx.Response:
+        received.append(json.loads(request.content))
+        return httpx.Response(200, json={"success": True})
+
+    client = GraphApiClient(
+        base_url="https://graph.test",
+        api_version="v23.0",
+        access_token=Secret("token"),
+        phone_number_id=PHONE_NUMBER_ID,
+        http=httpx.AsyncClient(transport=httpx.MockTransport(meta)),
+    )
+    yield received, client
+    await client.aclose()
+
+
+async def store(pool: Pool, wamid: str, text: str, minutes_ago: int) -> InboundForRouting:
+    async with pool.connection() as conn:
+        stored = await conversations.store_inbound(
+            conn,
+            conversations.InboundMessageRow(
+                wamid=wamid,
+                phone_number_id=PHONE_NUMBER_ID,
+                contact_wa_id=USER,
+                profile_name="Ana",
+                message_type="text",
+                text_body=text,
+                content={},
+                context_wamid=None,
+                whatsapp_timestamp=datetime.now(UTC) - timedelta(minutes=minutes_ago),
+            ),
+        )
+    assert stored is not None
+    return InboundForRouting(
+        message_id=stored.message_id,
+        conversation_id=stored.conversation_id,
+        contact_id=stored.contact_id,
+        wamid=wamid,
+        phone_number_id=PHONE_NUMBER_ID,
+        contact_wa_id=USER,
+        message_type="text",
+        text=text,
+        reply_id=None,
+    )
+
+
+def orchestrator(
+    pool: Pool, bus: LocalQueue, graph: GraphApiClient, agents: AgentRegistry, rules: str = ""
+) -> Orchestrator:
+    return Orchestrator(
+        pool=pool,
+        bus=bus,
+        outbound_queue="outbound-messages",
+        graph=graph,
+        agents=agents,
+        routing_rules=parse_routing_rules(rules),
+        timeout_seconds=5,
+        fallback=TextReply(body="fallback"),
+        history_limit=10,
+    )
+
+
+async def outbound_rows(pool: Pool) -> list[tuple[object, ...]]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT idempotency_key, agent, text_body, status, content->>'to' FROM whatsapp_messages "
+            "WHERE direction = 'outbound' ORDER BY id"
+        )
+        return await cursor.fetchall()
+
+
+async def queued(pool: Pool) -> list[tuple[object, ...]]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT message_id, session_id FROM local_bus_messages WHERE queue = 'outbound-messages'"
+        )
+        return await cursor.fetchall()
+
+
+async def test_one_reply_per_message_even_when_routed_twice(
+    pool: Pool,
+    local_queue: LocalQueue,
+    read_receipts: tuple[list[dict[str, object]], GraphApiClient],
+) -> None:
+    receipts, graph = read_receipts
+    agent = RecordingAgent("echo")
+    subject = orchestrator(pool, local_queue, graph, AgentRegistry({"echo": agent}, "echo"))
+    message = await store(pool, "wamid.once", "hello", minutes_ago=0)
+
+    await subject.route(message)
+    await subject.route(message)  # a redelivery after a crash between publish and mark_routed
+
+    assert len(agent.requests) == 1
+    assert await outbound_rows(pool) == [
+        ("reply:wamid.once", "echo", "echo answers", "pending", USER)
+    ]
+    [(message_id, session_id)] = await queued(pool)
+    assert str(message_id).startswith("outbound:")
+    assert session_id == f"{PHONE_NUMBER_ID}:{USER}"
+    assert receipts == [
+        {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": "wamid.once",
+            "typing_indicator": {"type": "text"},
+        }
+    ]
+
+
+async def test_the_agent_gets_the_contact_and_the_history_in_order(
+    pool: Pool,
+    local_queue: LocalQueue,
+    read_receipts: tuple[list[dict[str, object]], GraphApiClient],
+) -> None:
+    _, graph = read_receipts
+    agent = RecordingAgent("echo")
+    subject = orchestrator(pool, local_queue, graph, AgentRegistry({"echo": agent}, "echo"))
+    first = await store(pool, "wamid.h1", "first", minutes_ago=3)
+    await subject.route(first)
+    second = await store(pool, "wamid.h2", "second", minutes_ago=1)
+    await subject.route(second)
+
+    request = agent.requests[-1]
+    assert request.contact.wa_id == USER
+    assert request.contact.profile_name == "Ana"
+    assert request.message.text == "second"
+    assert [(h.direction, h.text) for h in request.history] == [
+        ("inbound", "first"),
+        ("outbound", "echo answers"),
+    ]
+
+
+async def test_routing_rules_pick_and_assign_the_agent(
+    pool: Pool,
+    local_queue: LocalQueue,
+    read_receipts: tuple[list[dict[str, object]], GraphApiClient],
+) -> None:
+    _, graph = read_receipts
+    sales = RecordingAgent("sales")
+    registry = AgentRegistry({"echo": EchoAgent(), "sales": sales}, "echo")
+    subject = orchestrator(
+        pool,
+        local_queue,
+        graph,
+        registry,
+        '[{"agent": "sales", "keywords": ["price"], "assign": true}]',
+    )
+    await subject.route(await store(pool, "wamid.r1", "what is the price?", minutes_ago=2))
+    # No keyword any more, but the conversation now belongs to the sales agent.
+    await subject.route(await store(pool, "wamid.r2", "and shipping?", minutes_ago=1))
+
+    assert [r.message.text for r in sales.requests] == ["what is the price?", "and shipping?"]
+    assert [row[1] for row in await outbound_rows(pool)] == ["sales", "sales"]
+
+
+async def test_a_read_receipt_failure_does_not_stop_the_reply(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    graph = GraphApiClient(
+        base_url="https://graph.test",
+        api_version="v23.0",
+        access_token=Secret("token"),
+        phone_number_id=PHONE_NUMBER_ID,
+        http=httpx.AsyncClient(
+            transport=httpx.MockTransport(lambda request: httpx.Response(400, json={}))
+        ),
+    )
+    subject = orchestrator(pool, local_queue, graph, AgentRegistry({"echo": EchoAgent()}, "echo"))
+    await subject.route(await store(pool, "wamid.nr", "hi", minutes_ago=0))
+    await graph.aclose()
+    assert [row[2] for row in await outbound_rows(pool)] == ["hi"]
