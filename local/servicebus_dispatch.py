@@ -384,12 +384,13 @@ class QueueTrigger:
             self._idle.discard(task)
 
     async def _wait_for_session(self, receiver: SessionReceiver, seconds: float) -> bool:
-        """Sleep until the held session may have a message; False when the trigger is stopping."""
+        """Sleep until the held session has a new message; False when none came within
+        ``seconds`` (the session goes back) or the trigger is stopping."""
         try:
-            await self._idle_wait(receiver.wait_for_message(seconds))
+            notified = await self._idle_wait(receiver.wait_for_message(seconds))
         except _Stopped:
             return False
-        return not self._stopping
+        return notified and not self._stopping
 
     async def _wait_for_activity(self, seconds: float) -> bool:
         """Sleep until the queue may have work; False when the trigger is stopping."""

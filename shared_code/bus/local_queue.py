@@ -454,22 +454,28 @@ class SessionReceiver:
             raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
         return await self._bus._receive_until(self.queue, wait, session=self)
 
-    async def wait_for_message(self, timeout: float) -> None:  # noqa: ASYNC109 - see wait_for_activity
-        """Return when a message was published to this session (or one of its messages was
-        abandoned) since the last receive, or after ``timeout`` seconds.
+    async def wait_for_message(self, timeout: float) -> bool:  # noqa: ASYNC109 - see wait_for_activity
+        """Wait until a message was published to this session (or one of its messages was
+        abandoned) since the last receive; False when ``timeout`` seconds passed without one.
 
         Only this session's notifications wake it, so a hundred idle holders do not all query
-        on every publish to the queue.
+        on every publish to the queue. False means a receive now would find nothing new, except
+        a scheduled message coming due, which the queue's feeder hands out once the session is
+        released.
         """
-        if self._closed or self._notified != self._seen or timeout <= 0:
-            return
+        if self._closed or self._notified != self._seen:
+            return True
+        if timeout <= 0:
+            return False
         self._event = asyncio.Event()
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._event.wait()
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            return False
         finally:
             self._event = None
+        return True
 
     def _on_notify(self) -> None:
         self._notified += 1

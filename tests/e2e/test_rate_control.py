@@ -49,7 +49,9 @@ def test_two_sender_processes_share_one_limit(start_dev_host: HostFactory) -> No
     stats = simulator(first, "GET", "/simulator/stats")
     assert stats["accepted"] == len(users)
     assert stats["errors"].get("130429", 0) == 0
-    assert stats["max_accepted_per_second"] <= CAP
+    # Evenly spaced sends; arrival jitter can move one across a calendar-second boundary, which
+    # Meta's bucket (the simulator's, which refused nothing above) absorbs.
+    assert stats["max_accepted_per_second"] <= CAP + 1
     # 40 replies at 8/s cannot all be sent in under ~4 s: the limit really held them back.
     assert elapsed > (len(users) - CAP) / CAP
     # Both processes did part of the sending.
