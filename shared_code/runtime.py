@@ -43,6 +43,7 @@ class Services:
     agent_http: httpx.AsyncClient
 
     async def close(self) -> None:
+        await self.intake.drain()
         await self.graph.aclose()
         await self.agent_http.aclose()
         await self.bus.close()

@@ -5,12 +5,16 @@ The answer codes are what Meta's retry logic needs:
 - 200 once the raw body is committed, whatever its content (an unreadable but signed body is
   stored with a reason: answering an error would make Meta retry it for days);
 - 503 when the body could not be stored, so Meta delivers it again later.
-Publishing happens after the body is safely stored; when the broker refuses, the event stays
-``pending`` and the outbox sweeper (:mod:`shared_code.outbox`) publishes it later.
+Publishing happens after the body is safely stored, and after the answer: Meta waits only for
+the insert. When the broker refuses, or the instance stops before publishing, the event stays
+``pending`` and the outbox sweeper (:mod:`shared_code.outbox`) publishes it later. At most
+``max_publishes_in_flight`` publishes run at once; a stored batch waits for a free slot before it
+is answered, so a slow broker slows the answers instead of piling up work in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -108,7 +112,14 @@ class _Delivery:
 
 class WebhookIntake:
     def __init__(
-        self, *, pool: Pool, bus: MessageBus, queue: str, app_secret: str, max_batch: int = 256
+        self,
+        *,
+        pool: Pool,
+        bus: MessageBus,
+        queue: str,
+        app_secret: str,
+        max_batch: int = 256,
+        max_publishes_in_flight: int = 4,
     ) -> None:
         self._pool = pool
         self._bus = bus
@@ -117,6 +128,8 @@ class WebhookIntake:
         self._batches: BatchingQueue[_Delivery, bool] = BatchingQueue(
             self._store_and_publish, max_batch=max_batch
         )
+        self._publish_slots = asyncio.Semaphore(max_publishes_in_flight)
+        self._publishing: set[asyncio.Task[bool]] = set()
 
     async def receive(self, body: bytes, signature: str | None) -> IntakeAnswer:
         if len(body) > MAX_WEBHOOK_BODY_BYTES:
@@ -161,7 +174,11 @@ class WebhookIntake:
             for sha, d in unique.items()
             if stored[sha].inserted and d.split.events
         ]
-        await self.publish_stored(to_publish)
+        if to_publish:
+            await self._publish_slots.acquire()
+            task = asyncio.create_task(self._publish_in_slot(to_publish))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
         # A body repeated inside one batch is a duplicate after its first occurrence.
         first_seen: set[bytes] = set()
         results = []
@@ -171,7 +188,18 @@ class WebhookIntake:
             results.append(fresh)
         return results
 
-    async def publish_stored(self, events: Sequence[tuple[int, SplitResult]]) -> bool:
+    async def drain(self) -> None:
+        """Wait for the publishes still running (before shutdown; tests use it too)."""
+        while self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
+
+    async def _publish_in_slot(self, events: Sequence[tuple[int, SplitResult]]) -> bool:
+        try:
+            return await self._publish_stored(events)
+        finally:
+            self._publish_slots.release()
+
+    async def _publish_stored(self, events: Sequence[tuple[int, SplitResult]]) -> bool:
         """Publish stored events and record the outcome; False leaves them for the sweeper."""
         if not events:
             return True

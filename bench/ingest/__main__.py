@@ -4,6 +4,13 @@ Target (issue 3, 2-core machine): >= 3,000 events/s, p99 < 25 ms, host peak RSS 
 Prints figures; never asserts them. Needs `wrk` (Debian package `wrk`).
 
     .venv/bin/python -m bench.ingest --duration 20 --connections 32
+    .venv/bin/python -m bench.ingest --queue-host after   # intake alone, then the drain
+
+``--queue-host during`` (default) runs the processor, sender and timers in a second dev host while
+wrk posts, so the 2 cores are shared by intake and processing. ``--queue-host after`` measures the
+webhook host alone (as when Azure scales the HTTP function on its own instances and the queue
+absorbs the burst), then starts the queue-trigger host and reports how fast it drains the queue
+and that every stored event reached the processor.
 """
 
 from __future__ import annotations
@@ -104,6 +111,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--bodies", type=int, default=120_000)
+    parser.add_argument("--queue-host", choices=("during", "after"), default="during")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
@@ -135,13 +143,17 @@ def main() -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    workers = subprocess.Popen(
-        [*common, "--port", str(free_port()), "--functions", *QUEUE_FUNCTIONS],
-        cwd=REPO,
-        env=env,
-        stdout=(work / "workers.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+
+    def start_queue_host() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [*common, "--port", str(free_port()), "--functions", *QUEUE_FUNCTIONS],
+            cwd=REPO,
+            env=env,
+            stdout=(work / "workers.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    workers = start_queue_host() if args.queue_host == "during" else None
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -180,18 +192,47 @@ def main() -> int:
         print(
             f"latency p50 {float(p50):.2f} ms, p99 {float(p99):.2f} ms, max {float(worst):.2f} ms"
         )
+        print(f"rows stored: {stored[0] if stored else 0}")
+        if workers is None:
+            workers = start_queue_host()
+            report_drain(env["DATABASE_URL"], int(stored[0]) if stored else 0)
         print(
             f"peak RSS: webhook host {peak_rss_mb(host.pid):.0f} MB, "
             f"queue-trigger host {peak_rss_mb(workers.pid):.0f} MB"
         )
-        print(f"rows stored: {stored[0] if stored else 0}")
         print(f"({args.connections} connections, wrk 1 thread, host log: {work / 'host.log'})")
     finally:
-        host.terminate()
-        workers.terminate()
-        host.wait(timeout=30)
-        workers.wait(timeout=30)
+        for process in (host, workers):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
     return 0
+
+
+def report_drain(database_url: str, stored_events: int, timeout_s: float = 600) -> None:
+    """Wait until the queue-trigger host has processed every stored event; print its rate."""
+    started = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while time.monotonic() - started < timeout_s:
+            row = conn.execute(
+                "SELECT count(*) FROM local_bus_messages WHERE queue = 'inbound-events'"
+            ).fetchone()
+            waiting = int(row[0]) if row else 0
+            if waiting == 0:
+                break
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        messages = conn.execute("SELECT count(*) FROM whatsapp_messages").fetchone()
+        statuses = conn.execute(
+            "SELECT count(*) FROM whatsapp_messages WHERE direction = 'outbound'"
+        ).fetchone()
+        dead = conn.execute("SELECT count(*) FROM local_bus_dead_letters").fetchone()
+    print(
+        f"drain: {stored_events:,} events processed in {elapsed:.1f} s by the queue-trigger host "
+        f"= {stored_events / elapsed:,.0f} events/s (incl. its start); inbound-events left: "
+        f"{waiting}, dead-lettered: {dead[0] if dead else '?'}, message rows: "
+        f"{messages[0] if messages else '?'} (of which outbound {statuses[0] if statuses else '?'})"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 
@@ -36,6 +37,23 @@ def sample_text(sender: str = "15551230001", text: str = "hi") -> dict[str, obje
     )
 
 
+class HeldBus:
+    """A broker that accepts only when the test lets it: shows what waits for publishing."""
+
+    def __init__(self, inner: LocalQueue) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.started = 0
+
+    async def publish(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+        self.started += 1
+        await self.release.wait()
+        await self.inner.publish(queue, messages)
+
+    async def close(self) -> None:
+        pass
+
+
 class RefusingBus:
     """A broker that is down: every publish is refused."""
 
@@ -67,8 +85,10 @@ async def test_a_signed_webhook_is_stored_and_published(
     pool: Pool, local_queue: LocalQueue
 ) -> None:
     body, signature = signed(sample_text())
-    answer = await intake(pool, local_queue).receive(body, signature)
+    service = intake(pool, local_queue)
+    answer = await service.receive(body, signature)
     assert answer.status_code == 200
+    await service.drain()
     assert await event_rows(pool) == [("published", 1, 0, None)]
     assert await local_queue.count_active(QUEUE) == 1
     session = await local_queue.accept_next_session(QUEUE)
@@ -82,6 +102,42 @@ async def test_a_signed_webhook_is_stored_and_published(
     assert message.message_id == envelope["message"]["id"]
 
 
+async def test_the_answer_does_not_wait_for_the_broker(pool: Pool, local_queue: LocalQueue) -> None:
+    held = HeldBus(local_queue)
+    service = intake(pool, held)
+    body, signature = signed(sample_text())
+    answer = await asyncio.wait_for(service.receive(body, signature), timeout=5)
+    assert answer.status_code == 200
+    # Stored (Meta may stop retrying) but not yet published: the sweeper's case if we stop now.
+    assert await event_rows(pool) == [("pending", 1, 0, None)]
+    held.release.set()
+    await service.drain()
+    assert await event_rows(pool) == [("published", 1, 0, None)]
+    assert await local_queue.count_active(QUEUE) == 1
+
+
+async def test_a_stuck_broker_holds_answers_once_every_publish_slot_is_taken(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    held = HeldBus(local_queue)
+    service = WebhookIntake(
+        pool=pool, bus=held, queue=QUEUE, app_secret=SECRET, max_publishes_in_flight=1
+    )
+    first = signed(sample_text(sender="15551230001"))
+    second = signed(sample_text(sender="15551230002"))
+    assert (await asyncio.wait_for(service.receive(*first), timeout=5)).status_code == 200
+    waiting = asyncio.create_task(service.receive(*second))
+    await asyncio.sleep(0.3)
+    # Stored, but its answer waits for the one publish slot, which the first batch holds.
+    assert not waiting.done()
+    assert [row[0] for row in await event_rows(pool)] == ["pending", "pending"]
+    held.release.set()
+    assert (await asyncio.wait_for(waiting, timeout=5)).status_code == 200
+    await service.drain()
+    assert held.started == 2
+    assert [row[0] for row in await event_rows(pool)] == ["published", "published"]
+
+
 async def test_a_redelivered_webhook_is_stored_once_and_published_once(
     pool: Pool, local_queue: LocalQueue
 ) -> None:
@@ -89,6 +145,7 @@ async def test_a_redelivered_webhook_is_stored_once_and_published_once(
     service = intake(pool, local_queue)
     for _ in range(3):
         assert (await service.receive(body, signature)).status_code == 200
+    await service.drain()
     assert await event_rows(pool) == [("published", 1, 2, None)]
     assert await local_queue.count_active(QUEUE) == 1
 
@@ -145,7 +202,9 @@ async def test_unknown_fields_are_carried_not_rejected(pool: Pool, local_queue: 
     entry = payload["entry"][0]  # type: ignore[index]
     entry["changes"][0]["value"]["messages"][0]["new_field"] = [1, 2]
     body, signature = signed(payload)
-    assert (await intake(pool, local_queue).receive(body, signature)).status_code == 200
+    service = intake(pool, local_queue)
+    assert (await service.receive(body, signature)).status_code == 200
+    await service.drain()
     assert (await event_rows(pool))[0][:2] == ("published", 1)
 
 
@@ -202,6 +261,7 @@ async def test_publish_failure_keeps_the_event_pending_for_the_sweeper(
     service = intake(pool, refusing)
     assert (await service.receive(first, first_signature)).status_code == 200
     assert (await service.receive(second, second_signature)).status_code == 200
+    await service.drain()
     assert [row[0] for row in await event_rows(pool)] == ["pending", "pending"]
 
     report = await sweep_outbox(pool, refusing, QUEUE, min_age_seconds=0)
@@ -219,7 +279,9 @@ async def test_the_sweeper_leaves_young_pending_events_to_their_own_request(
     pool: Pool, local_queue: LocalQueue
 ) -> None:
     body, signature = signed(sample_text())
-    await intake(pool, RefusingBus()).receive(body, signature)
+    service = intake(pool, RefusingBus())
+    await service.receive(body, signature)
+    await service.drain()
     report = await sweep_outbox(pool, local_queue, QUEUE, min_age_seconds=3600)
     assert report.published == 0
 
