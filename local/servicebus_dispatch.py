@@ -133,7 +133,7 @@ class QueueTrigger:
         )
         self._stopping = False
         self._feeder: asyncio.Task[None] | None = None
-        self._workers: set[asyncio.Task[None]] = set()
+        self._workers: set[asyncio.Task[object]] = set()
         # Tasks parked in a wait that may be cancelled at no cost (no lock held mid-flight).
         self._idle: set[asyncio.Task[Any]] = set()
         # Worker task -> the message its function is running on, to name it if cut off.
@@ -199,6 +199,10 @@ class QueueTrigger:
                 await receiver.close()
                 return
             self._spawn(self._run_session(receiver), slots)
+            # Asking again when no other free session had work would find nothing: wait for a
+            # publish or a release instead (one noticed since the accept returns at once).
+            if not receiver.more_sessions and not await self._wait_for_activity(_IDLE_WAIT_SECONDS):
+                return
 
     async def _message_feeder(self) -> None:
         slots = asyncio.Semaphore(self._concurrency)
@@ -225,11 +229,11 @@ class QueueTrigger:
             # it locked for nothing.
             self._spawn(self._process(message), slots)
 
-    def _spawn(self, work: Coroutine[Any, Any, None], slots: asyncio.Semaphore) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, object], slots: asyncio.Semaphore) -> None:
         task = asyncio.create_task(work)
         self._workers.add(task)
 
-        def done(finished: asyncio.Task[None]) -> None:
+        def done(finished: asyncio.Task[object]) -> None:
             self._workers.discard(finished)
             slots.release()
 
@@ -251,20 +255,32 @@ class QueueTrigger:
         idle_timeout = self._config.session_idle_timeout.total_seconds()
         try:
             idle_until = time.monotonic() + idle_timeout
+            message = await receiver.receive()
             # Past the renewal window the session lock would lapse under the next message and
             # that message would run twice; handing the session back first avoids it (the feeder
             # may well take it again at once).
             while not self._stopping and time.monotonic() < renew_until:
-                message = await receiver.receive()
                 if message is None:
                     remaining = idle_until - time.monotonic()
                     if remaining <= 0 or not await self._wait_for_session(receiver, remaining):
                         break
+                    message = await receiver.receive()
                     continue
                 cut_off = True
-                await self._process(message)
+                succeeded = await self._process(message, complete=False)
                 cut_off = False
                 idle_until = time.monotonic() + idle_timeout
+                if succeeded and self._config.auto_complete_messages and self.stopping:
+                    await self._settle(self._bus.complete, message, "complete")
+                    message = None
+                elif succeeded and self._config.auto_complete_messages:
+                    message = await self._complete_and_receive(receiver, message)
+                else:
+                    message = await receiver.receive()
+            if message is not None:
+                # Received, never run (stopping, or the renewal window ended): it returns to the
+                # queue when the session is released (its lock only counts under the session's).
+                logger.debug("%s: handing back message %s", self.spec.name, message.message_id)
         except SessionLockLost:
             logger.warning(
                 "%s: session lock lost; the session's messages go to the next holder",
@@ -281,6 +297,28 @@ class QueueTrigger:
         if not cut_off:
             await self._release(receiver)
 
+    async def _complete_and_receive(
+        self, receiver: SessionReceiver, message: ReceivedMessage
+    ) -> ReceivedMessage | None:
+        try:
+            return await receiver.complete_and_receive(message)
+        except SessionLockLost:
+            raise
+        except MessageLockLost:
+            logger.warning(
+                "%s: lock on message %s expired before complete; it will be delivered again",
+                self.spec.name,
+                message.message_id,
+            )
+        except Exception as error:
+            logger.warning(
+                "%s: could not complete message %s (%s); it returns after its lock expires",
+                self.spec.name,
+                message.message_id,
+                error,
+            )
+        return await receiver.receive()
+
     async def _release(self, receiver: SessionReceiver) -> None:
         try:
             await receiver.close()
@@ -290,7 +328,9 @@ class QueueTrigger:
 
     # --- one message ----------------------------------------------------------------------------
 
-    async def _process(self, message: ReceivedMessage) -> None:
+    async def _process(self, message: ReceivedMessage, *, complete: bool = True) -> bool:
+        """Run the function on ``message``; abandon it if the function raised, else complete it
+        (unless ``complete`` is False: the caller completes it). True when the function ran."""
         task = asyncio.current_task()
         assert task is not None
         self._running[task] = message
@@ -322,16 +362,17 @@ class QueueTrigger:
             self._running.pop(task, None)
         if failed:
             await self._settle(self._bus.abandon, message, "abandon")
-            return
-        if self._config.auto_complete_messages:
+            return False
+        if complete and self._config.auto_complete_messages:
             await self._settle(self._bus.complete, message, "complete")
         logger.info(
-            "%s completed message %s (delivery %s) in %.1f ms",
+            "%s ran on message %s (delivery %s) in %.1f ms",
             self.spec.name,
             message.message_id,
             message.delivery_count,
             (time.perf_counter() - started) * 1000,
         )
+        return True
 
     async def _settle(
         self,

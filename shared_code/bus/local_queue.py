@@ -18,7 +18,8 @@ Semantics (mirroring Azure Service Bus):
 - dead-letter: explicit dead_letter(reason, description), kept and listable, never delivered.
 
 Publishing a batch of any size, receiving, accepting a session and every settlement are each one
-SQL statement (one round trip). Waiting receivers share one LISTEN connection per
+SQL statement (one round trip); accepting a session also locks and returns its first message, and
+a session holder completes a message and receives the next in one statement. Waiting receivers share one LISTEN connection per
 :class:`LocalQueue` and otherwise sleep until the next scheduled message or lock expiry is due, so
 an idle queue costs no polling.
 
@@ -192,12 +193,15 @@ inserted AS (
            f.properties::jsonb, f.scheduled_enqueue_time, greatest(now(), f.scheduled_enqueue_time)
     FROM first_of_id f JOIN accepted a USING (message_id)
     ORDER BY f.position
-    RETURNING session_id
+    RETURNING session_id, visible_at > now() AS later
 ),
 notified AS (
-    -- Payload "queue" or "queue<newline>session": the session's holder wakes, no other holder.
-    SELECT pg_notify('local_bus', %(queue)s || coalesce(E'\n' || session_id, ''))::text
-    FROM (SELECT DISTINCT session_id FROM inserted) AS touched
+    -- Payload: queue, session id (may be empty), and "1" if some message is scheduled for later,
+    -- one per line. The session's holder wakes, no other holder; the scheduled mark tells
+    -- waiters that a due time may have moved closer.
+    SELECT pg_notify('local_bus', %(queue)s || E'\n' || coalesce(session_id, '')
+                     || CASE WHEN bool_or(later) THEN E'\n1' ELSE '' END)::text
+    FROM inserted GROUP BY session_id
 )
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM notified)
 """
@@ -235,9 +239,12 @@ FROM (VALUES (1)) AS one (x) LEFT JOIN delivered m ON true
 """
 ).format(copy=_DEAD_LETTER_COPY, returned=_RETURNED)
 
-_RECEIVE_FROM_SESSION = sql.SQL(
-    """
-WITH held AS (
+# The session's next message. With {completing}, the message just processed is completed in the
+# same statement (one round trip per message instead of two); the snapshot still shows the row
+# being deleted, so it is excluded from the in-flight check and from the candidates by hand.
+_SESSION_RECEIVE_TEMPLATE: Final = """
+WITH {completing}
+held AS (
     SELECT 1 FROM local_bus_sessions s
     WHERE s.queue = %(queue)s AND s.session_id = %(session_id)s
       AND s.lock_token = %(session_lock_token)s AND s.locked_until > now()
@@ -246,6 +253,7 @@ in_flight AS (
     SELECT 1 FROM local_bus_messages f
     WHERE f.queue = %(queue)s AND f.session_id = %(session_id)s AND f.lock_token IS NOT NULL
       AND f.locked_until > now() AND f.session_lock_token = %(session_lock_token)s
+      {not_completed_f}
     LIMIT 1
 ),
 candidate AS (
@@ -254,6 +262,7 @@ candidate AS (
     FROM local_bus_messages m
     WHERE m.queue = %(queue)s AND m.session_id = %(session_id)s AND m.visible_at <= now()
       AND EXISTS (SELECT 1 FROM held) AND NOT EXISTS (SELECT 1 FROM in_flight)
+      {not_completed_m}
     ORDER BY m.sequence_number
     LIMIT 1
     FOR UPDATE OF m
@@ -275,23 +284,49 @@ delivered AS (
     WHERE m.sequence_number = c.sequence_number AND c.delivery_count < %(max_delivery_count)s
     RETURNING {returned}
 )
-SELECT EXISTS (SELECT 1 FROM held) AS session_held,
+SELECT {completed} AS completed, EXISTS (SELECT 1 FROM held) AS session_held,
        (SELECT count(*) FROM exhausted) AS exhausted, m.*
 FROM (VALUES (1)) AS one (x) LEFT JOIN delivered m ON true
 """
-).format(copy=_DEAD_LETTER_COPY, returned=_RETURNED)
 
-_ACCEPT_SESSION: Final = """
-WITH candidate AS (
-    -- The oldest deliverable message of a session nobody holds. The held sessions are read once
-    -- into an array: comparing against it is what keeps skipping a long backlog of held sessions
-    -- cheap. SKIP LOCKED makes concurrent acceptors pass over each other's candidate.
-    SELECT m.session_id
+_RECEIVE_FROM_SESSION = sql.SQL(_SESSION_RECEIVE_TEMPLATE).format(
+    completing=sql.SQL(""),
+    not_completed_f=sql.SQL(""),
+    not_completed_m=sql.SQL(""),
+    completed=sql.SQL("1"),
+    copy=_DEAD_LETTER_COPY,
+    returned=_RETURNED,
+)
+
+_COMPLETE_AND_RECEIVE_FROM_SESSION = sql.SQL(_SESSION_RECEIVE_TEMPLATE).format(
+    completing=sql.SQL(
+        "completed AS (DELETE FROM local_bus_messages m WHERE {valid} RETURNING 1),"
+    ).format(valid=_LOCK_IS_VALID),
+    not_completed_f=sql.SQL("AND f.sequence_number <> %(sequence_number)s"),
+    not_completed_m=sql.SQL(
+        "AND m.sequence_number <> %(sequence_number)s AND EXISTS (SELECT 1 FROM completed)"
+    ),
+    completed=sql.SQL("(SELECT count(*) FROM completed)"),
+    copy=_DEAD_LETTER_COPY,
+    returned=_RETURNED,
+)
+
+_ACCEPT_SESSION = sql.SQL(
+    """
+WITH held_sessions AS (
+    -- The held sessions are read once into an array: comparing against it is what keeps skipping
+    -- a long backlog of held sessions cheap.
+    SELECT ARRAY(
+        SELECT s.session_id FROM local_bus_sessions s
+        WHERE s.queue = %(queue)s AND s.locked_until > now()) AS ids
+),
+candidate AS (
+    -- The oldest deliverable message of a session nobody holds. SKIP LOCKED makes concurrent
+    -- acceptors pass over each other's candidate.
+    SELECT m.sequence_number, m.session_id, m.delivery_count
     FROM local_bus_messages m
     WHERE m.queue = %(queue)s AND m.session_id IS NOT NULL AND m.visible_at <= now()
-      AND m.session_id <> ALL (ARRAY(
-          SELECT s.session_id FROM local_bus_sessions s
-          WHERE s.queue = %(queue)s AND s.locked_until > now()))
+      AND m.session_id <> ALL ((SELECT ids FROM held_sessions)::text[])
     ORDER BY m.sequence_number
     LIMIT 1
     FOR UPDATE OF m SKIP LOCKED
@@ -304,10 +339,35 @@ locked AS (
         SET lock_token = excluded.lock_token, locked_until = excluded.locked_until
         WHERE s.locked_until <= now()
     RETURNING s.session_id, s.lock_token, s.locked_until
+),
+delivered AS (
+    -- The session comes with its first message (one round trip less per session) when the
+    -- candidate is the session's head and has deliveries left; otherwise the holder receives.
+    UPDATE local_bus_messages m
+    SET delivery_count = m.delivery_count + 1, lock_token = gen_random_uuid(),
+        locked_until = now() + %(lock_duration)s, session_lock_token = l.lock_token
+    FROM candidate c, locked l
+    WHERE m.sequence_number = c.sequence_number AND c.delivery_count < %(max_delivery_count)s
+      AND NOT EXISTS (
+          SELECT 1 FROM local_bus_messages o
+          WHERE o.queue = %(queue)s AND o.session_id = c.session_id
+            AND o.sequence_number < c.sequence_number AND o.visible_at <= now())
+    RETURNING {returned}
 )
-SELECT (SELECT count(*) FROM candidate) AS candidates, l.session_id, l.lock_token, l.locked_until
-FROM (VALUES (1)) AS one (x) LEFT JOIN locked l ON true
+SELECT (SELECT count(*) FROM candidate) AS candidates,
+       l.session_id AS held_session_id, l.lock_token AS session_lock_token,
+       l.locked_until AS session_locked_until,
+       -- Another free session has work too: the acceptor should come back at once.
+       EXISTS (
+           SELECT 1 FROM local_bus_messages w
+           WHERE w.queue = %(queue)s AND w.session_id IS NOT NULL AND w.visible_at <= now()
+             AND w.session_id <> ALL ((SELECT ids FROM held_sessions)::text[])
+             AND w.session_id <> (SELECT session_id FROM candidate)
+       ) AS more_sessions,
+       m.*
+FROM (VALUES (1)) AS one (x) LEFT JOIN locked l ON true LEFT JOIN delivered m ON true
 """
+).format(returned=_RETURNED)
 
 _RENEW_SESSION_LOCK: Final = """
 UPDATE local_bus_sessions
@@ -323,8 +383,12 @@ WITH released AS (
     WHERE queue = %(queue)s AND session_id = %(session_id)s AND lock_token = %(session_lock_token)s
     RETURNING queue
 ),
--- Another acceptor may now take the session if it still has messages.
-notified AS (SELECT pg_notify('local_bus', queue)::text FROM released)
+-- Another acceptor may now take the session, if it still has messages.
+notified AS (
+    SELECT pg_notify('local_bus', queue)::text FROM released
+    WHERE EXISTS (SELECT 1 FROM local_bus_messages m
+                  WHERE m.queue = %(queue)s AND m.session_id = %(session_id)s)
+)
 SELECT count(*) FROM notified
 """
 
@@ -430,12 +494,19 @@ class SessionReceiver:
         session_id: str,
         lock_token: str,
         locked_until: datetime,
+        first_message: ReceivedMessage | None = None,
+        more_sessions: bool = True,
     ) -> None:
         self._bus = bus
         self.queue = queue
         self.session_id = session_id
         self.lock_token = lock_token
         self.locked_until = locked_until
+        # Whether, when this session was accepted, another free session had work as well: an
+        # acceptor that sees False may wait for a notification instead of asking again.
+        self.more_sessions = more_sessions
+        # Delivered together with the session lock; the first receive returns it.
+        self._first_message = first_message
         self._closed = False
         # One statement at a time per holder keeps "one message in flight" airtight.
         self._lock = asyncio.Lock()
@@ -452,7 +523,22 @@ class SessionReceiver:
         """
         if self._closed:
             raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
+        if self._first_message is not None:
+            first, self._first_message = self._first_message, None
+            return first
         return await self._bus._receive_until(self.queue, wait, session=self)
+
+    async def complete_and_receive(self, message: ReceivedMessage) -> ReceivedMessage | None:
+        """Complete ``message`` and receive the session's next one in a single round trip.
+
+        Raises :class:`MessageLockLost` (nothing completed, nothing received) when the message's
+        lock is gone, :class:`SessionLockLost` when the session's is.
+        """
+        if self._closed:
+            raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
+        self._seen = self._notified
+        async with self._lock:
+            return await self._bus._complete_and_receive(self, message)
 
     async def wait_for_message(self, timeout: float) -> bool:  # noqa: ASYNC109 - see wait_for_activity
         """Wait until a message was published to this session (or one of its messages was
@@ -533,6 +619,8 @@ class LocalQueue:
         self._holders: dict[tuple[str, str], SessionReceiver] = {}
         # Per queue: (generation, loop time, seconds until due) of the last due-time query.
         self._due_cache: dict[str, tuple[int, float, float | None]] = {}
+        # Per queue: publishes of scheduled messages seen (they may bring a due time closer).
+        self._scheduled_publishes: dict[str, int] = {}
 
     def options_for(self, queue: str) -> QueueOptions:
         return self._options.get(queue, self._default_options)
@@ -757,26 +845,65 @@ class LocalQueue:
             )
 
     async def _try_accept(self, queue: str) -> SessionReceiver | None:
-        params = {"queue": queue, "lock_duration": self.options_for(queue).lock_duration}
+        options = self.options_for(queue)
+        params = {
+            "queue": queue,
+            "lock_duration": options.lock_duration,
+            "max_delivery_count": options.max_delivery_count,
+        }
         for _ in range(_ACCEPT_ATTEMPTS):
             async with self._pool.connection() as conn:
-                cursor = await conn.execute(_ACCEPT_SESSION, params)
+                cursor = conn.cursor(row_factory=dict_row)
+                await cursor.execute(_ACCEPT_SESSION, params)
                 row = await cursor.fetchone()
             assert row is not None  # the statement always returns exactly one row
-            candidates, session_id, lock_token, locked_until = row
+            session_id = row["held_session_id"]
             if session_id is not None:
                 receiver = SessionReceiver(
                     self,
                     queue=queue,
                     session_id=session_id,
-                    lock_token=str(lock_token),
-                    locked_until=_utc(locked_until),
+                    lock_token=str(row["session_lock_token"]),
+                    locked_until=_utc(row["session_locked_until"]),
+                    first_message=None if row["sequence_number"] is None else _received(row),
+                    more_sessions=row["more_sessions"],
                 )
                 self._holders[(queue, session_id)] = receiver
                 return receiver
-            if not candidates:
+            if not row["candidates"]:
                 return None
             # Another acceptor locked the same session in the same instant: look again.
+        return None
+
+    async def _complete_and_receive(
+        self, session: SessionReceiver, message: ReceivedMessage
+    ) -> ReceivedMessage | None:
+        options = self.options_for(session.queue)
+        params = (
+            _session_params(session)
+            | _lock_params(message)
+            | _exhausted_params(options)
+            | {"lock_duration": options.lock_duration}
+        )
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(_COMPLETE_AND_RECEIVE_FROM_SESSION, params)
+            row = await cursor.fetchone()
+        assert row is not None  # the statement always returns exactly one row
+        if not row["completed"]:
+            if not row["session_held"]:
+                raise SessionLockLost(f"lock on session {session.session_id!r} was lost")
+            raise MessageLockLost(_lock_lost(message))
+        if row["exhausted"]:
+            logger.info(
+                "queue %s: dead-lettered a message past %s deliveries",
+                session.queue,
+                options.max_delivery_count,
+            )
+            # The next message, if any, is behind the dead-lettered one: an ordinary receive.
+            return await self._receive_until(session.queue, 0.0, session=session)
+        if row["sequence_number"] is not None:
+            return _received(row)
         return None
 
     async def _renew_session_lock(self, session: SessionReceiver) -> datetime:
@@ -832,19 +959,19 @@ class LocalQueue:
     async def _cached_seconds_until_due(self, queue: str) -> float | None:
         """The next due time, shared by the waiters of a queue for a moment.
 
-        Under load every session worker waits between messages; one query per wait was a
-        noticeable share of the database round trips. A cached answer stays valid while no
-        notification arrived (a publish may bring an earlier due time) and briefly otherwise: due
+        Under load every waiter would ask after every message; that was a large share of the
+        database round trips. A cached answer stays valid until a publish of scheduled messages
+        (its notification says so) or a listener reconnect, and for a moment at most: the due
         times that appear without a notification are lock expiries, a lock duration away.
         """
         now = asyncio.get_running_loop().time()
+        generation = self._epoch + self._scheduled_publishes.get(queue, 0)
         cached = self._due_cache.get(queue)
         if cached is not None:
-            generation, computed_at, due = cached
-            fresh = generation == self._generation(queue) and now - computed_at < _DUE_CACHE_SECONDS
+            cached_generation, computed_at, due = cached
+            fresh = cached_generation == generation and now - computed_at < _DUE_CACHE_SECONDS
             if fresh and (due is None or computed_at + due > now):
                 return None if due is None else due - (now - computed_at)
-        generation = self._generation(queue)
         due = await self._seconds_until_due(queue)
         self._due_cache[queue] = (generation, now, due)
         return due
@@ -860,11 +987,16 @@ class LocalQueue:
         return None if row is None or row[0] is None else float(row[0])
 
     def _on_notify(self, payload: str) -> None:
-        queue, _, session_id = payload.partition("\n")
+        queue, _, rest = payload.partition("\n")
+        session_id, _, scheduled = rest.partition("\n")
+        if scheduled:
+            self._scheduled_publishes[queue] = self._scheduled_publishes.get(queue, 0) + 1
         if session_id:
             holder = self._holders.get((queue, session_id))
             if holder is not None:
                 holder._on_notify()
+                # Nobody else here can take a session that is held: the feeders sleep on.
+                return
         self._notified[queue] = self._notified.get(queue, 0) + 1
         event = self._events.pop(queue, None)
         if event is not None:

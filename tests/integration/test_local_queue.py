@@ -689,3 +689,118 @@ async def test_closing_the_queue_releases_its_waiters(pool: Pool) -> None:
     await bus.close()
     assert await asyncio.wait_for(waiting, 5) is None
     assert time.monotonic() - started < 2
+
+
+# --- fewer round trips: first message with the session, complete and receive together -------
+
+
+async def locked_message_ids(pool: Pool) -> list[str]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT message_id FROM local_bus_messages WHERE lock_token IS NOT NULL"
+            " ORDER BY sequence_number"
+        )
+        return [message_id for (message_id,) in await cursor.fetchall()]
+
+
+async def test_a_session_comes_with_its_first_message_locked(
+    local_queue: LocalQueue, pool: Pool
+) -> None:
+    await local_queue.publish(QUEUE, [message("m1"), message("m2")])
+    session = await local_queue.accept_next_session(QUEUE)
+    assert session is not None
+    # Locked by the accept itself, before any receive.
+    assert await locked_message_ids(pool) == ["m1"]
+    first = await session.receive()
+    assert first is not None
+    assert (first.message_id, first.delivery_count) == ("m1", 1)
+    assert await session.receive() is None  # m1 is in flight
+    await local_queue.complete(first)
+    second = await session.receive()
+    assert second is not None and second.message_id == "m2"
+
+
+async def test_complete_and_receive_walks_the_session_in_order(
+    local_queue: LocalQueue, pool: Pool
+) -> None:
+    await local_queue.publish(QUEUE, [message(f"m{i}") for i in range(5)])
+    session = await local_queue.accept_next_session(QUEUE)
+    assert session is not None
+    current = await session.receive()
+    seen = []
+    while current is not None:
+        seen.append(current.message_id)
+        assert await locked_message_ids(pool) == [current.message_id]
+        current = await session.complete_and_receive(current)
+    assert seen == [f"m{i}" for i in range(5)]
+    assert await local_queue.count_active(QUEUE) == 0
+
+
+async def test_complete_and_receive_with_an_expired_message_lock_settles_nothing(
+    short_lock_queue: LocalQueue, pool: Pool
+) -> None:
+    await short_lock_queue.publish(QUEUE, [message("m1"), message("m2")])
+    session = await short_lock_queue.accept_next_session(QUEUE)
+    assert session is not None
+    first = await session.receive()
+    assert first is not None
+    await asyncio.sleep(0.4)
+    await session.renew_session_lock()  # the session stays ours, the message lock does not
+    await asyncio.sleep(0.35)
+    with pytest.raises(MessageLockLost) as raised:
+        await session.complete_and_receive(first)
+    assert not isinstance(raised.value, SessionLockLost)
+    assert await locked_message_ids(pool) == ["m1"]  # m2 was not received
+    again = await session.receive()
+    assert again is not None
+    assert (again.message_id, again.delivery_count) == ("m1", 2)
+
+
+async def test_complete_and_receive_after_the_session_lock_expired_raises(
+    short_lock_queue: LocalQueue,
+) -> None:
+    await short_lock_queue.publish(QUEUE, [message("m1"), message("m2")])
+    session = await short_lock_queue.accept_next_session(QUEUE)
+    assert session is not None
+    first = await session.receive()
+    assert first is not None
+    await asyncio.sleep(0.75)
+    with pytest.raises(SessionLockLost):
+        await session.complete_and_receive(first)
+    assert await short_lock_queue.count_active(QUEUE) == 2
+
+
+async def test_an_accept_says_whether_another_free_session_has_work(
+    local_queue: LocalQueue,
+) -> None:
+    await local_queue.publish(QUEUE, [message("a1", "A"), message("b1", "B"), message("a2", "A")])
+    first = await local_queue.accept_next_session(QUEUE)
+    second = await local_queue.accept_next_session(QUEUE)
+    assert first is not None and second is not None
+    assert (first.session_id, first.more_sessions) == ("A", True)
+    assert (second.session_id, second.more_sessions) == ("B", False)
+
+
+async def test_a_publish_to_a_session_held_here_wakes_its_holder_not_the_acceptors(
+    local_queue: LocalQueue, other_pool: Pool
+) -> None:
+    await local_queue.publish(QUEUE, [message("m1", "A")])
+    holder = await local_queue.accept_next_session(QUEUE)
+    assert holder is not None
+    first = await holder.receive()
+    assert first is not None
+    assert await holder.complete_and_receive(first) is None
+    acceptor = asyncio.create_task(local_queue.wait_for_activity(QUEUE, 5))
+    holder_wait = asyncio.create_task(holder.wait_for_message(5))
+    await asyncio.sleep(0.1)
+    elsewhere = LocalQueue(other_pool)
+    try:
+        await elsewhere.publish(QUEUE, [message("m2", "A")])
+        assert await asyncio.wait_for(holder_wait, 2) is True
+        await asyncio.sleep(0.3)
+        assert not acceptor.done(), "an acceptor woke for a session it cannot take"
+        await elsewhere.publish(QUEUE, [message("m3", "B")])
+        await asyncio.wait_for(acceptor, 2)
+    finally:
+        acceptor.cancel()
+        await elsewhere.close()
