@@ -12,6 +12,13 @@ the 100 replies/s. Status webhooks (sent, delivered, read) flow as in production
 Prints figures; never asserts them.
 
     .venv/bin/python -m bench.e2e --rate 100 --duration 30
+    .venv/bin/python -m bench.e2e --rate 100 --split-hosts            # webhook | queue triggers
+    .venv/bin/python -m bench.e2e --rate 100 --no-status-webhooks     # the reply path alone
+
+``--split-hosts`` runs the webhook function and the queue triggers in two dev hosts, as Flex
+Consumption scales HTTP and Service Bus triggers on instances of their own.
+``--no-status-webhooks`` turns the simulator's sent/delivered/read webhooks off: 3 of the 4
+webhooks of each conversation, so it shows the cost of the reply path alone (not production-like).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import httpx
 
 from bench.ingest.__main__ import free_port, peak_rss_mb
 
+QUEUE_FUNCTIONS = ("processor_handle_event", "sender_send_message", "maintenance_outbox_sweep")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -73,6 +81,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=100.0, help="new conversations per second")
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--split-hosts", action="store_true")
+    parser.add_argument("--no-status-webhooks", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     env = dict(os.environ)
@@ -115,13 +125,26 @@ def main() -> int:
     )
     env["WHATSAPP_GRAPH_BASE_URL"] = simulator_url
     log_path = work / "host.log"
+    dev_host = [sys.executable, "-m", "local", "--log-level", "WARNING"]
+    host_command = [*dev_host, "--port", str(port)]
+    if args.split_hosts:
+        host_command += ["--functions", "webhook_receive"]
     host = subprocess.Popen(
-        [sys.executable, "-m", "local", "--port", str(port), "--log-level", "WARNING"],
+        host_command,
         cwd=REPO,
         env=env,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
     )
+    queue_host: subprocess.Popen[bytes] | None = None
+    if args.split_hosts:
+        queue_host = subprocess.Popen(
+            [*dev_host, "--port", str(free_port()), "--functions", *QUEUE_FUNCTIONS],
+            cwd=REPO,
+            env=env,
+            stdout=(work / "queue-host.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while "Listening on" not in log_path.read_text(errors="replace"):
@@ -133,11 +156,17 @@ def main() -> int:
         asyncio.run(drive(simulator_url, rate=5, duration=1))
         time.sleep(2)
         httpx.post(f"{simulator_url}/simulator/reset")
+        if args.no_status_webhooks:
+            httpx.put(f"{simulator_url}/simulator/config", json={"status_webhooks": False})
         started = asyncio.run(drive(simulator_url, args.rate, args.duration))
         time.sleep(10)
         sent = httpx.get(f"{simulator_url}/simulator/messages", timeout=60).json()["messages"]
         rss = peak_rss_mb(host.pid)
+        queue_rss = peak_rss_mb(queue_host.pid) if queue_host is not None else None
     finally:
+        if queue_host is not None:
+            queue_host.terminate()
+            queue_host.wait(timeout=30)
         host.terminate()
         simulator.terminate()
         host.wait(timeout=30)
@@ -157,7 +186,11 @@ def main() -> int:
         f"message -> reply at the simulator: p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, "
         f"p99 {q[98]:.1f} ms, max {latencies[-1]:.1f} ms"
     )
-    print(f"host peak RSS: {rss:.0f} MB (host log: {log_path})")
+    layout = "webhook host + queue-trigger host" if args.split_hosts else "one host"
+    statuses = "off" if args.no_status_webhooks else "on"
+    queue_part = f", queue-trigger host {queue_rss:.0f} MB" if queue_rss is not None else ""
+    print(f"({layout}, status webhooks {statuses}; peak RSS: host {rss:.0f} MB{queue_part})")
+    print(f"(host log: {log_path})")
     return 0
 
 
