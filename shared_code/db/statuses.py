@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from shared_code.db.pool import Connection
@@ -26,8 +27,9 @@ class StatusRow:
 
 
 # The message shows the furthest status ever seen and the first time of each, whatever order
-# the webhooks came in; the error of a failure is kept even when a later "read" wins.
-_FOLD = """
+# the webhooks came in; the error of a failure is kept even when a later "read" wins. The CASE
+# compares with the row as it is when updated, so concurrent folds only ever move it forward.
+_FOLD_TEMPLATE = """
 UPDATE whatsapp_messages AS m SET
     status = CASE WHEN whatsapp_status_rank(s.best) > whatsapp_status_rank(m.status)
                   THEN s.best ELSE m.status END,
@@ -52,42 +54,73 @@ FROM (
             FILTER (WHERE error_code IS NOT NULL))[1] AS error_title,
         (array_agg(error_details ORDER BY received_at DESC)
             FILTER (WHERE error_code IS NOT NULL))[1] AS error_details
-    FROM whatsapp_message_statuses
-    WHERE wamid = %(wamid)s
+    FROM {history}
 ) AS s
 WHERE m.wamid = %(wamid)s AND s.best IS NOT NULL
 """
 
+_HISTORY_COLUMNS = sql.SQL(
+    "status, status_timestamp, error_code, error_title, error_details, received_at"
+)
+
+_FOLD = sql.SQL(_FOLD_TEMPLATE).format(
+    history=sql.SQL("whatsapp_message_statuses WHERE wamid = %(wamid)s")
+)
+
+# Record and fold in one round trip. The statement's snapshot does not show its own insert, so
+# the new row is added to the history by hand; a repeat (conflict) is already in the table.
+_RECORD_AND_FOLD = sql.SQL(
+    """
+WITH inserted AS (
+    INSERT INTO whatsapp_message_statuses
+        (wamid, status, status_timestamp, recipient_id, error_code, error_title,
+         error_details, biz_opaque_callback_data, payload)
+    VALUES (%(wamid)s, %(status)s, %(status_timestamp)s, %(recipient_id)s, %(error_code)s,
+            %(error_title)s, %(error_details)s, %(biz_opaque_callback_data)s, %(payload)s)
+    ON CONFLICT (wamid, status) DO NOTHING
+    RETURNING {columns}
+),
+folded AS ({fold} RETURNING 1)
+SELECT (SELECT count(*) FROM inserted) AS new, (SELECT count(*) FROM folded) AS applied
+"""
+).format(
+    columns=_HISTORY_COLUMNS,
+    fold=sql.SQL(_FOLD_TEMPLATE).format(
+        history=sql.SQL(
+            """(
+        SELECT {columns} FROM whatsapp_message_statuses WHERE wamid = %(wamid)s
+        UNION ALL
+        SELECT {columns} FROM inserted
+    ) AS history"""
+        ).format(columns=_HISTORY_COLUMNS)
+    ),
+)
+
 
 async def record_status(conn: Connection, row: StatusRow) -> tuple[bool, bool]:
-    """Store a status once and fold it onto its message.
+    """Store a status once and fold it onto its message, in one statement.
 
     Returns (new, applied): ``new`` is False for a repeated (wamid, status); ``applied`` is False
     while no message carries the wamid yet — the status waits in the history until one does.
     """
     cursor = await conn.execute(
-        """
-        INSERT INTO whatsapp_message_statuses
-            (wamid, status, status_timestamp, recipient_id, error_code, error_title,
-             error_details, biz_opaque_callback_data, payload)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (wamid, status) DO NOTHING
-        """,
-        (
-            row.wamid,
-            row.status,
-            row.status_timestamp,
-            row.recipient_id,
-            row.error_code,
-            row.error_title,
-            row.error_details,
-            row.biz_opaque_callback_data,
-            Jsonb(row.payload),
-        ),
+        _RECORD_AND_FOLD,
+        {
+            "wamid": row.wamid,
+            "status": row.status,
+            "status_timestamp": row.status_timestamp,
+            "recipient_id": row.recipient_id,
+            "error_code": row.error_code,
+            "error_title": row.error_title,
+            "error_details": row.error_details,
+            "biz_opaque_callback_data": row.biz_opaque_callback_data,
+            "payload": Jsonb(row.payload),
+        },
     )
-    new = cursor.rowcount == 1
-    applied = await fold_statuses(conn, row.wamid)
-    return new, applied
+    result = await cursor.fetchone()
+    assert result is not None  # the statement always returns exactly one row
+    new, applied = result
+    return new == 1, applied > 0
 
 
 async def fold_statuses(conn: Connection, wamid: str) -> bool:
