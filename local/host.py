@@ -320,7 +320,10 @@ class LocalHost:
     async def _open_bus(self) -> None:
         assert self._database_url is not None
         self._pool = await open_pool(
-            self._database_url, max_size=self._pool_max_size, name="local-host"
+            self._database_url,
+            max_size=self._pool_max_size,
+            name="local-host",
+            synchronous_commit=False,  # safe for the bus alone: see shared_code/bus/local_queue.py
         )
         self._bus = LocalQueue(
             self._pool,

@@ -133,7 +133,15 @@ async def _connect_bus(settings: Settings, pool: Pool) -> MessageBus:
         await apply_migrations(
             settings.database_url.reveal(), LOCAL_BUS_MIGRATIONS, set_name="local_bus"
         )
-        return LocalQueue(pool)
+        # A pool of its own: bus writes commit without waiting for the disk (see local_queue.py),
+        # the app's rows keep synchronous commits.
+        bus_pool = await open_pool(
+            settings.database_url.reveal(),
+            max_size=settings.database_pool_max_size,
+            name="local-bus",
+            synchronous_commit=False,
+        )
+        return LocalQueue(bus_pool, owns_pool=True)
     from shared_code.bus.azure_service_bus import AzureServiceBus
 
     service_bus = settings.service_bus

@@ -17,6 +17,14 @@ Semantics (mirroring Azure Service Bus):
   message that already had its last delivery dead-letters it at once.
 - dead-letter: explicit dead_letter(reason, description), kept and listable, never delivered.
 
+Durability: the bus may run on connections with ``synchronous_commit=off`` (the dev host and the
+app's local-bus pool do): a commit returns before its WAL is on disk, which saves a disk flush per
+accept, receive, settle and publish. Delivery stays at-least-once: WAL is flushed in order, so any
+later synchronous commit (every row the app writes) makes the earlier bus writes durable too, and
+a crash can only lose bus writes that nothing durable depends on yet: a lost complete means a
+redelivery (processing is idempotent), a lost publish of a webhook event leaves it ``pending`` for
+the sweeper, a lost reply publish comes back with the redelivered inbound message.
+
 Publishing a batch of any size, receiving, accepting a session and every settlement are each one
 SQL statement (one round trip); accepting a session also locks and returns its first message, and
 a session holder completes a message and receives the next in one statement. Waiting receivers share one LISTEN connection per
@@ -602,8 +610,11 @@ class LocalQueue:
         pool: Pool,
         options: Mapping[str, QueueOptions] | None = None,
         default_options: QueueOptions = _DEFAULT_OPTIONS,
+        *,
+        owns_pool: bool = False,
     ) -> None:
         self._pool = pool
+        self._owns_pool = owns_pool
         self._options = dict(options or {})
         self._default_options = default_options
         self._closed = False
@@ -661,7 +672,7 @@ class LocalQueue:
             )
 
     async def close(self) -> None:
-        """Stop listening; the pool belongs to the caller and stays open."""
+        """Stop listening; the pool stays open unless the queue was given it (``owns_pool``)."""
         self._closed = True
         if self._listener is not None:
             self._listener.cancel()
@@ -669,6 +680,8 @@ class LocalQueue:
                 await self._listener
             self._listener = None
         self._wake_everyone()
+        if self._owns_pool:
+            await self._pool.close()
 
     # --- receiving ----------------------------------------------------------------------------
 

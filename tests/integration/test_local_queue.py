@@ -804,3 +804,41 @@ async def test_a_publish_to_a_session_held_here_wakes_its_holder_not_the_accepto
     finally:
         acceptor.cancel()
         await elsewhere.close()
+
+
+# --- durability settings ----------------------------------------------------------------------
+
+
+async def show_synchronous_commit(pool: Pool) -> str:
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SHOW synchronous_commit")
+        row = await cursor.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def test_only_the_local_bus_commits_without_waiting_for_the_disk(database_url: str) -> None:
+    from shared_code.config import Settings
+    from shared_code.runtime import build_services
+
+    settings = Settings.from_environment(
+        {
+            "WHATSAPP_ACCESS_TOKEN": "token",
+            "WHATSAPP_PHONE_NUMBER_ID": "100000000000001",
+            "WHATSAPP_BUSINESS_ACCOUNT_ID": "200000000000001",
+            "WHATSAPP_WEBHOOK_VERIFY_TOKEN": "verify",
+            "WHATSAPP_APP_SECRET": "secret",
+            "DATABASE_URL": database_url,
+            "BUS_BACKEND": "local",
+        }
+    )
+    services = await build_services(settings)
+    try:
+        assert isinstance(services.bus, LocalQueue)
+        # The app's rows (webhook bodies, messages, statuses) are durable when answered...
+        assert await show_synchronous_commit(services.pool) == "on"
+        # ...the bus's own writes ride on the next durable commit (see local_queue.py).
+        assert await show_synchronous_commit(services.bus._pool) == "off"
+    finally:
+        await services.close()
+    assert services.bus._pool.closed
