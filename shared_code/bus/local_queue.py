@@ -839,11 +839,7 @@ class LocalQueue:
             params["session_id"] = session.session_id
             params["session_lock_token"] = uuid.UUID(session.lock_token)
         while True:
-            async with self._pool.connection() as conn:
-                cursor = conn.cursor(row_factory=dict_row)
-                await cursor.execute(statement, params)
-                row = await cursor.fetchone()
-            assert row is not None  # the statement always returns exactly one row
+            row = await self._one_row(statement, params)
             if not row["session_held"]:
                 assert session is not None
                 raise SessionLockLost(f"lock on session {session.session_id!r} was lost")
@@ -865,11 +861,7 @@ class LocalQueue:
             "max_delivery_count": options.max_delivery_count,
         }
         for _ in range(_ACCEPT_ATTEMPTS):
-            async with self._pool.connection() as conn:
-                cursor = conn.cursor(row_factory=dict_row)
-                await cursor.execute(_ACCEPT_SESSION, params)
-                row = await cursor.fetchone()
-            assert row is not None  # the statement always returns exactly one row
+            row = await self._one_row(_ACCEPT_SESSION, params)
             session_id = row["held_session_id"]
             if session_id is not None:
                 receiver = SessionReceiver(
@@ -888,6 +880,15 @@ class LocalQueue:
             # Another acceptor locked the same session in the same instant: look again.
         return None
 
+    async def _one_row(self, statement: sql.Composed, params: Mapping[str, Any]) -> DictRow:
+        """Run one of the statements above that always return exactly one row."""
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(statement, params)
+            row = await cursor.fetchone()
+        assert row is not None
+        return row
+
     async def _complete_and_receive(
         self, session: SessionReceiver, message: ReceivedMessage
     ) -> ReceivedMessage | None:
@@ -898,11 +899,7 @@ class LocalQueue:
             | _exhausted_params(options)
             | {"lock_duration": options.lock_duration}
         )
-        async with self._pool.connection() as conn:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(_COMPLETE_AND_RECEIVE_FROM_SESSION, params)
-            row = await cursor.fetchone()
-        assert row is not None  # the statement always returns exactly one row
+        row = await self._one_row(_COMPLETE_AND_RECEIVE_FROM_SESSION, params)
         if not row["completed"]:
             if not row["session_held"]:
                 raise SessionLockLost(f"lock on session {session.session_id!r} was lost")
