@@ -82,6 +82,7 @@ class EventProcessor:
                 message_type=message.type.value,
                 text=message.text_preview,
                 reply_id=message.reply_id,
+                first_routing=outcome is Outcome.STORED,
             )
         )
         async with self._pool.connection() as conn:

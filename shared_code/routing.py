@@ -24,6 +24,9 @@ class InboundForRouting:
     message_type: str
     text: str | None
     reply_id: str | None
+    # True when this delivery stored the message: nothing can have answered it yet, so the router
+    # may skip looking for an earlier answer (its own idempotency still holds).
+    first_routing: bool = False
 
 
 class Router(Protocol):

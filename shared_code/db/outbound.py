@@ -86,15 +86,22 @@ class OutboundRow:
 
 
 async def insert_outbound(conn: Connection, message: NewOutbound) -> tuple[int, bool]:
-    """Insert once per idempotency key; returns (row id, created)."""
+    """Insert once per idempotency key (and touch the conversation); returns (row id, created)."""
     cursor = await conn.execute(
         """
-        INSERT INTO whatsapp_messages
-            (conversation_id, direction, phone_number_id, contact_wa_id, message_type, text_body,
-             content, status, idempotency_key, agent, reply_to_message_id)
-        VALUES (%s, 'outbound', %s, %s, %s, %s, %s, 'pending', %s, %s, %s)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING id
+        WITH inserted AS (
+            INSERT INTO whatsapp_messages
+                (conversation_id, direction, phone_number_id, contact_wa_id, message_type,
+                 text_body, content, status, idempotency_key, agent, reply_to_message_id)
+            VALUES (%s, 'outbound', %s, %s, %s, %s, %s, 'pending', %s, %s, %s)
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id, conversation_id
+        ),
+        touched AS (
+            UPDATE whatsapp_conversations c SET last_message_at = now(), updated_at = now()
+            FROM inserted i WHERE c.id = i.conversation_id
+        )
+        SELECT id FROM inserted
         """,
         (
             message.conversation_id,
@@ -110,12 +117,9 @@ async def insert_outbound(conn: Connection, message: NewOutbound) -> tuple[int, 
     )
     row = await cursor.fetchone()
     if row is not None:
-        await conn.execute(
-            "UPDATE whatsapp_conversations SET last_message_at = now(), updated_at = now() "
-            "WHERE id = %s",
-            (message.conversation_id,),
-        )
         return int(row[0]), True
+    # The row committed by the conflicting insert may be newer than this statement's snapshot:
+    # read it with a statement of its own.
     existing = await find_by_idempotency_key(conn, message.idempotency_key)
     assert existing is not None  # the conflict proves it exists, and rows are never deleted
     return existing, False

@@ -70,11 +70,12 @@ class Orchestrator:
 
     async def route(self, message: InboundForRouting) -> None:
         key = f"reply:{message.wamid}"
-        async with self._pool.connection() as conn:
-            existing = await outbound.find_by_idempotency_key(conn, key)
-        if existing is not None:
-            await self._publish(existing, message)
-            return
+        if not message.first_routing:
+            async with self._pool.connection() as conn:
+                existing = await outbound.find_by_idempotency_key(conn, key)
+            if existing is not None:
+                await self._publish(existing, message)
+                return
         # Blue ticks and the typing bubble go out while the agent works, not before it starts.
         courtesy = (
             asyncio.create_task(self._show_read_and_typing(message)) if self._mark_as_read else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -152,6 +153,37 @@ async def test_one_reply_per_message_even_when_routed_twice(
             "typing_indicator": {"type": "text"},
         }
     ]
+
+
+async def test_a_first_routing_skips_the_lookup_yet_a_repeat_still_makes_one_reply(
+    pool: Pool,
+    local_queue: LocalQueue,
+    read_receipts: tuple[list[dict[str, object]], GraphApiClient],
+) -> None:
+    _, graph = read_receipts
+    agent = RecordingAgent("echo")
+    subject = orchestrator(pool, local_queue, graph, AgentRegistry({"echo": agent}, "echo"))
+    message = replace(await store(pool, "wamid.fresh", "hello", minutes_ago=0), first_routing=True)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE whatsapp_conversations SET last_message_at = now() - interval '1 hour'"
+        )
+
+    await subject.route(message)
+    # Told (wrongly) that it is new a second time, the agent runs again; the reply row's key
+    # still makes it one reply, and the bus drops the repeated message id.
+    await subject.route(message)
+
+    assert len(agent.requests) == 2
+    assert await outbound_rows(pool) == [
+        ("reply:wamid.fresh", "echo", "echo answers", "pending", USER)
+    ]
+    assert len(await queued(pool)) == 1
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT last_message_at > now() - interval '1 minute' FROM whatsapp_conversations"
+        )
+        assert await cursor.fetchone() == (True,)  # the reply touched its conversation
 
 
 async def test_the_agent_gets_the_contact_and_the_history_in_order(
