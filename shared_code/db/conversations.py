@@ -149,31 +149,31 @@ async def load_agent_context(
 ) -> AgentContext:
     """The conversation's agent, the contact's name and up to ``history_limit`` earlier
     messages, oldest first (the message being answered is not part of its own history)."""
+    # One round trip: the conversation's row repeated beside each history row (or once, with
+    # NULLs, when there is no history yet).
     cursor = await conn.execute(
         """
-        SELECT v.assigned_agent, c.profile_name
-        FROM whatsapp_conversations v JOIN whatsapp_contacts c ON c.id = v.contact_id
-        WHERE v.id = %s
-        """,
-        (conversation_id,),
-    )
-    found = await cursor.fetchone()
-    assigned_agent, profile_name = found if found is not None else (None, None)
-    cursor = await conn.execute(
-        """
-        SELECT direction, message_type, text_body, at FROM (
+        SELECT v.assigned_agent, c.profile_name, h.direction, h.message_type, h.text_body, h.at
+        FROM whatsapp_conversations v
+        JOIN whatsapp_contacts c ON c.id = v.contact_id
+        LEFT JOIN LATERAL (
             SELECT id, direction, message_type, text_body,
                    COALESCE(whatsapp_timestamp, created_at) AS at
             FROM whatsapp_messages
-            WHERE conversation_id = %s AND id < %s
+            WHERE conversation_id = v.id AND id < %s
             ORDER BY id DESC LIMIT %s
-        ) recent ORDER BY id
+        ) h ON true
+        WHERE v.id = %s
+        ORDER BY h.id
         """,
-        (conversation_id, before_message_id, history_limit),
+        (before_message_id, history_limit, conversation_id),
     )
+    rows = await cursor.fetchall()
+    assigned_agent, profile_name = (rows[0][0], rows[0][1]) if rows else (None, None)
     history = [
         HistoryRow(direction=d, message_type=t, text_body=b, at=a)
-        for d, t, b, a in await cursor.fetchall()
+        for _, _, d, t, b, a in rows
+        if d is not None
     ]
     return AgentContext(assigned_agent=assigned_agent, profile_name=profile_name, history=history)
 

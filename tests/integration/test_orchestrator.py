@@ -93,7 +93,12 @@ async def store(pool: Pool, wamid: str, text: str, minutes_ago: int) -> InboundF
 
 
 def orchestrator(
-    pool: Pool, bus: LocalQueue, graph: GraphApiClient, agents: AgentRegistry, rules: str = ""
+    pool: Pool,
+    bus: LocalQueue,
+    graph: GraphApiClient,
+    agents: AgentRegistry,
+    rules: str = "",
+    history_limit: int = 10,
 ) -> Orchestrator:
     return Orchestrator(
         pool=pool,
@@ -104,7 +109,7 @@ def orchestrator(
         routing_rules=parse_routing_rules(rules),
         timeout_seconds=5,
         fallback=TextReply(body="fallback"),
-        history_limit=10,
+        history_limit=history_limit,
     )
 
 
@@ -205,6 +210,27 @@ async def test_the_agent_gets_the_contact_and_the_history_in_order(
     assert request.message.text == "second"
     assert [(h.direction, h.text) for h in request.history] == [
         ("inbound", "first"),
+        ("outbound", "echo answers"),
+    ]
+
+
+async def test_the_history_is_the_most_recent_messages_oldest_first(
+    pool: Pool,
+    local_queue: LocalQueue,
+    read_receipts: tuple[list[dict[str, object]], GraphApiClient],
+) -> None:
+    _, graph = read_receipts
+    agent = RecordingAgent("echo")
+    subject = orchestrator(
+        pool, local_queue, graph, AgentRegistry({"echo": agent}, "echo"), history_limit=3
+    )
+    for n in range(3):
+        await subject.route(await store(pool, f"wamid.n{n}", f"text {n}", minutes_ago=10 - n))
+
+    assert agent.requests[0].history == []  # a first message has no history
+    assert [(h.direction, h.text) for h in agent.requests[-1].history] == [
+        ("outbound", "echo answers"),  # of text 0; text 0 itself is past the limit
+        ("inbound", "text 1"),
         ("outbound", "echo answers"),
     ]
 
