@@ -258,3 +258,23 @@ async def test_an_unreachable_platform_raises_agent_error() -> None:
 def test_an_empty_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="secret is empty"):
         HttpPlatformAgent(http=httpx.AsyncClient(), url="https://x.example", secret=Secret(""))
+
+
+async def test_a_busy_platform_is_asked_again_with_the_same_signed_body() -> None:
+    requests: list[httpx.Request] = []
+    answers = iter([httpx.Response(503), httpx.Response(200, json={"type": "text", "text": "Hi"})])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return next(answers)
+
+    agent = HttpPlatformAgent(
+        http=httpx.AsyncClient(transport=httpx.MockTransport(handle)),
+        url="https://agents.example.com/whatsapp",
+        secret=Secret(SECRET),
+        clock=lambda: NOW + 0.9,
+    )
+    assert await agent.reply(request_for()) == TextReply(body="Hi")
+    first, second = requests
+    assert first.content == second.content
+    assert first.headers[SIGNATURE_HEADER] == second.headers[SIGNATURE_HEADER]

@@ -205,3 +205,10 @@ async def test_a_transport_failure_raises_agent_error() -> None:
     agent, _ = agent_with(refuse)
     with pytest.raises(AgentError, match="ConnectError"):
         await agent.reply(request_for())
+
+
+async def test_a_busy_model_endpoint_is_asked_again() -> None:
+    answers = iter([httpx.Response(429), httpx.Response(200, json=completion("We open at 9."))])
+    agent, recorder = agent_with(lambda request: next(answers))
+    assert await agent.reply(request_for()) == TextReply(body="We open at 9.")
+    assert len(recorder.requests) == 2

@@ -40,6 +40,7 @@ import msgspec
 
 from shared_code.orchestrator.agents.base import AgentError, AgentReply, AgentRequest
 from shared_code.orchestrator.agents.replies import ReplyFormatError, decode_reply
+from shared_code.orchestrator.agents.upstream import post_with_retries
 from shared_code.secrets import Secret
 
 __all__ = [
@@ -85,7 +86,7 @@ class HttpPlatformAgent:
             SIGNATURE_HEADER: bridge_signature(self._secret, timestamp, body),
         }
         try:
-            response = await self._http.post(self._url, content=body, headers=headers)
+            response = await post_with_retries(self._http, self._url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise AgentError(f"agent platform request failed ({type(exc).__name__})") from exc
         if not response.is_success:

@@ -29,6 +29,7 @@ from shared_code.orchestrator.agents.base import (
     TextReply,
     fit_text,
 )
+from shared_code.orchestrator.agents.upstream import post_with_retries
 from shared_code.secrets import Secret
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ class OpenAIChatAgent:
         if request.message.message_type in SILENT_MESSAGE_TYPES:
             return None
         try:
-            response = await self._http.post(
+            response = await post_with_retries(
+                self._http,
                 self._url,
                 json={"model": self._model, "messages": self.messages_for(request)},
                 headers=self._auth_headers(),
