@@ -27,9 +27,9 @@ the sweeper, a lost reply publish comes back with the redelivered inbound messag
 
 Publishing a batch of any size, receiving, accepting a session and every settlement are each one
 SQL statement (one round trip); accepting a session also locks and returns its first message, and
-a session holder completes a message and receives the next in one statement. Waiting receivers share one LISTEN connection per
-:class:`LocalQueue` and otherwise sleep until the next scheduled message or lock expiry is due, so
-an idle queue costs no polling.
+a session holder completes a message and receives the next in one statement. Waiting receivers
+share one LISTEN connection per :class:`LocalQueue` and otherwise sleep until the next scheduled
+message or lock expiry is due, so an idle queue costs no polling.
 
 Errors::
 
@@ -546,7 +546,12 @@ class SessionReceiver:
             raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
         self._seen = self._notified
         async with self._lock:
-            return await self._bus._complete_and_receive(self, message)
+            following, dead_lettered = await self._bus._complete_and_receive(self, message)
+        if dead_lettered:
+            # The next message, if any, is behind the dead-lettered one: an ordinary receive
+            # (outside the lock, which it takes itself).
+            return await self.receive()
+        return following
 
     async def wait_for_message(self, timeout: float) -> bool:  # noqa: ASYNC109 - see wait_for_activity
         """Wait until a message was published to this session (or one of its messages was
@@ -891,7 +896,8 @@ class LocalQueue:
 
     async def _complete_and_receive(
         self, session: SessionReceiver, message: ReceivedMessage
-    ) -> ReceivedMessage | None:
+    ) -> tuple[ReceivedMessage | None, bool]:
+        """(the next message, whether a message was dead-lettered instead of delivered)."""
         options = self.options_for(session.queue)
         params = (
             _session_params(session)
@@ -910,11 +916,8 @@ class LocalQueue:
                 session.queue,
                 options.max_delivery_count,
             )
-            # The next message, if any, is behind the dead-lettered one: an ordinary receive.
-            return await self._receive_until(session.queue, 0.0, session=session)
-        if row["sequence_number"] is not None:
-            return _received(row)
-        return None
+            return None, True
+        return (None if row["sequence_number"] is None else _received(row)), False
 
     async def _renew_session_lock(self, session: SessionReceiver) -> datetime:
         params = _session_params(session)

@@ -842,3 +842,24 @@ async def test_only_the_local_bus_commits_without_waiting_for_the_disk(database_
     finally:
         await services.close()
     assert services.bus._pool.closed
+
+
+async def test_complete_and_receive_passes_over_an_exhausted_next_message(pool: Pool) -> None:
+    bus = bus_with(pool, QueueOptions(max_delivery_count=2))
+    try:
+        await bus.publish(QUEUE, [message("m1"), message("m2"), message("m3")])
+        async with pool.connection() as conn:
+            # m2 has had its last delivery (as after two crashed holders).
+            await conn.execute(
+                "UPDATE local_bus_messages SET delivery_count = 2 WHERE message_id = 'm2'"
+            )
+        session = await bus.accept_next_session(QUEUE)
+        assert session is not None
+        first = await session.receive()
+        assert first is not None and first.message_id == "m1"
+        following = await asyncio.wait_for(session.complete_and_receive(first), timeout=5)
+        assert following is not None and following.message_id == "m3"
+        [dead] = await bus.dead_letters(QUEUE)
+        assert (dead.message_id, dead.dead_letter_reason) == ("m2", MAX_DELIVERY_COUNT_EXCEEDED)
+    finally:
+        await bus.close()
