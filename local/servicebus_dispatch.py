@@ -304,19 +304,8 @@ class QueueTrigger:
             return await receiver.complete_and_receive(message)
         except SessionLockLost:
             raise
-        except MessageLockLost:
-            logger.warning(
-                "%s: lock on message %s expired before complete; it will be delivered again",
-                self.spec.name,
-                message.message_id,
-            )
         except Exception as error:
-            logger.warning(
-                "%s: could not complete message %s (%s); it returns after its lock expires",
-                self.spec.name,
-                message.message_id,
-                error,
-            )
+            self._log_settle_failure(message, "complete", error)
         return await receiver.receive()
 
     async def _release(self, receiver: SessionReceiver) -> None:
@@ -382,14 +371,18 @@ class QueueTrigger:
     ) -> None:
         try:
             await settle(message)
-        except MessageLockLost:
+        except Exception as error:
+            self._log_settle_failure(message, action, error)
+
+    def _log_settle_failure(self, message: ReceivedMessage, action: str, error: Exception) -> None:
+        if isinstance(error, MessageLockLost):
             logger.warning(
                 "%s: lock on message %s expired before %s; it will be delivered again",
                 self.spec.name,
                 message.message_id,
                 action,
             )
-        except Exception as error:
+        else:
             logger.warning(
                 "%s: could not %s message %s (%s); it returns after its lock expires",
                 self.spec.name,
