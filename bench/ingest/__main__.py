@@ -223,7 +223,7 @@ def report_drain(database_url: str, stored_events: int, timeout_s: float = 600) 
             time.sleep(0.2)
         elapsed = time.monotonic() - started
         messages = conn.execute("SELECT count(*) FROM whatsapp_messages").fetchone()
-        statuses = conn.execute(
+        outbound = conn.execute(
             "SELECT count(*) FROM whatsapp_messages WHERE direction = 'outbound'"
         ).fetchone()
         dead = conn.execute("SELECT count(*) FROM local_bus_dead_letters").fetchone()
@@ -231,7 +231,7 @@ def report_drain(database_url: str, stored_events: int, timeout_s: float = 600) 
         f"drain: {stored_events:,} events processed in {elapsed:.1f} s by the queue-trigger host "
         f"= {stored_events / elapsed:,.0f} events/s (incl. its start); inbound-events left: "
         f"{waiting}, dead-lettered: {dead[0] if dead else '?'}, message rows: "
-        f"{messages[0] if messages else '?'} (of which outbound {statuses[0] if statuses else '?'})"
+        f"{messages[0] if messages else '?'} (of which outbound {outbound[0] if outbound else '?'})"
     )
 
 
