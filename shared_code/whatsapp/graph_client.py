@@ -1,6 +1,7 @@
 """The Graph API client: send messages, mark them read, fetch media.
 
-One long-lived :class:`httpx.AsyncClient` per worker. Every failure surfaces as a
+One long-lived :class:`httpx.AsyncClient` per worker, its connections aiohttp's
+(:mod:`shared_code.http_transport`). Every failure surfaces as a
 :mod:`shared_code.whatsapp.errors` class, so callers switch on the class and never on httpx.
 
 Sends are never retried here: the sender re-queues a failed send itself, and a blind retry after
@@ -27,6 +28,7 @@ import msgspec
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base, wait_random_exponential
 
+from shared_code.http_transport import async_client
 from shared_code.secrets import Secret
 from shared_code.whatsapp import outbound
 from shared_code.whatsapp.errors import (
@@ -152,7 +154,7 @@ class GraphApiClient:
         self._access_token = access_token
         self._phone_number_id = phone_number_id
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._http = http if http is not None else async_client(timeout=timeout, limits=limits)
         self._retry_attempts = retry_attempts
         self._retry_wait = retry_wait
 
