@@ -21,6 +21,7 @@ import msgspec
 
 from local.simulator.config import BusinessNumber, SimulatorConfig
 from local.simulator.records import Stats
+from shared_code.http_transport import async_client
 from shared_code.whatsapp.signature import SIGNATURE_HEADER, sign
 
 __all__ = ["WebhookDispatcher", "envelope"]
@@ -67,6 +68,9 @@ class _Post:
     attempts: int = 0
 
 
+_USER_MESSAGE_CONNECTIONS = 64
+
+
 class WebhookDispatcher:
     def __init__(self, settings: Callable[[], SimulatorConfig], stats: Stats) -> None:
         self._settings = settings
@@ -88,11 +92,14 @@ class WebhookDispatcher:
         if self._client is not None:
             return self._client
         config = self._settings()
-        self._client = httpx.AsyncClient(
+        self._client = async_client(
             timeout=httpx.Timeout(config.webhook_timeout_seconds),
+            # The status workers use at most webhook_concurrency connections; simulated users'
+            # messages (post_now) get connections of their own, as Meta does not hold an
+            # inbound message back behind the status webhooks of other conversations.
             limits=httpx.Limits(
-                max_connections=config.webhook_concurrency + 2,
-                max_keepalive_connections=config.webhook_concurrency + 2,
+                max_connections=config.webhook_concurrency + _USER_MESSAGE_CONNECTIONS,
+                max_keepalive_connections=config.webhook_concurrency + _USER_MESSAGE_CONNECTIONS,
             ),
             headers={"User-Agent": _USER_AGENT},
         )
