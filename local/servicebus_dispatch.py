@@ -47,6 +47,8 @@ T = TypeVar("T")
 # An idle waiter wakes at least this often even without a notification (the queue's own due
 # times wake it earlier); the wait itself runs no queries.
 _IDLE_WAIT_SECONDS: Final = 30.0
+# Sessions accepted by one query at most.
+_ACCEPT_BATCH: Final = 16
 _RETRY_MIN_SECONDS: Final = 0.5
 _RETRY_MAX_SECONDS: Final = 10.0
 
@@ -181,27 +183,37 @@ class QueueTrigger:
                 await self._idle_wait(slots.acquire())
             except _Stopped:
                 return
+            # Every free slot is filled by the same round trip, so that a burst of new sessions
+            # is not taken one query (and one event-loop turn) at a time.
+            wanted = 1
+            while wanted < _ACCEPT_BATCH and not slots.locked():
+                await slots.acquire()
+                wanted += 1
             try:
-                receiver = await self._bus.accept_next_session(self.queue)
+                receivers = await self._bus.accept_next_sessions(self.queue, wanted)
             except Exception as error:
-                slots.release()
+                _release(slots, wanted)
                 if not await self._pause_after(error, retry):
                     return
                 continue
             retry.reset()
-            if receiver is None:
-                slots.release()
+            _release(slots, wanted - len(receivers))
+            if not receivers:
                 if not await self._wait_for_activity(_IDLE_WAIT_SECONDS):
                     return
                 continue
             if self._stopping:
-                slots.release()
-                await receiver.close()
+                _release(slots, len(receivers))
+                for receiver in receivers:
+                    await receiver.close()
                 return
-            self._spawn(self._run_session(receiver), slots)
+            for receiver in receivers:
+                self._spawn(self._run_session(receiver), slots)
             # Asking again when no other free session had work would find nothing: wait for a
             # publish or a release instead (one noticed since the accept returns at once).
-            if not receiver.more_sessions and not await self._wait_for_activity(_IDLE_WAIT_SECONDS):
+            if not receivers[-1].more_sessions and not await self._wait_for_activity(
+                _IDLE_WAIT_SECONDS
+            ):
                 return
 
     async def _message_feeder(self) -> None:
@@ -481,3 +493,8 @@ async def _renew_until(
         except Exception as error:
             # A database hiccup: the lock is still good for another half duration.
             logger.warning("%s could not be renewed (%s); will retry", what, error)
+
+
+def _release(slots: asyncio.Semaphore, count: int) -> None:
+    for _ in range(count):
+        slots.release()

@@ -89,6 +89,7 @@ _DUE_MARGIN_SECONDS: Final = 0.005
 _DUE_CACHE_SECONDS: Final = 0.25
 # Acceptors woken together may pick the same session; each loser looks again, up to this often.
 _ACCEPT_ATTEMPTS: Final = 10
+_ACCEPT_SCAN_PER_SESSION: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +320,7 @@ _COMPLETE_AND_RECEIVE_FROM_SESSION = sql.SQL(_SESSION_RECEIVE_TEMPLATE).format(
     returned=_RETURNED,
 )
 
-_ACCEPT_SESSION = sql.SQL(
+_ACCEPT_SESSIONS = sql.SQL(
     """
 WITH held_sessions AS (
     -- The held sessions are read once into an array: comparing against it is what keeps skipping
@@ -328,16 +329,25 @@ WITH held_sessions AS (
         SELECT s.session_id FROM local_bus_sessions s
         WHERE s.queue = %(queue)s AND s.locked_until > now()) AS ids
 ),
-candidate AS (
-    -- The oldest deliverable message of a session nobody holds. SKIP LOCKED makes concurrent
-    -- acceptors pass over each other's candidate.
+scanned AS (
+    -- The oldest deliverable messages of sessions nobody holds. SKIP LOCKED makes concurrent
+    -- acceptors pass over each other's candidates.
     SELECT m.sequence_number, m.session_id, m.delivery_count
     FROM local_bus_messages m
     WHERE m.queue = %(queue)s AND m.session_id IS NOT NULL AND m.visible_at <= now()
       AND m.session_id <> ALL ((SELECT ids FROM held_sessions)::text[])
     ORDER BY m.sequence_number
-    LIMIT 1
+    LIMIT %(scan_limit)s
     FOR UPDATE OF m SKIP LOCKED
+),
+candidate AS (
+    -- Up to max_sessions sessions, oldest first, each with its oldest scanned message.
+    SELECT * FROM (
+        SELECT DISTINCT ON (session_id) sequence_number, session_id, delivery_count
+        FROM scanned ORDER BY session_id, sequence_number
+    ) AS heads
+    ORDER BY sequence_number
+    LIMIT %(max_sessions)s
 ),
 locked AS (
     -- The conflict check settles a race between two acceptors that picked the same session.
@@ -349,12 +359,12 @@ locked AS (
     RETURNING s.session_id, s.lock_token, s.locked_until
 ),
 delivered AS (
-    -- The session comes with its first message (one round trip less per session) when the
+    -- A session comes with its first message (one round trip less per session) when its
     -- candidate is the session's head and has deliveries left; otherwise the holder receives.
     UPDATE local_bus_messages m
     SET delivery_count = m.delivery_count + 1, lock_token = gen_random_uuid(),
         locked_until = now() + %(lock_duration)s, session_lock_token = l.lock_token
-    FROM candidate c, locked l
+    FROM candidate c JOIN locked l ON l.session_id = c.session_id
     WHERE m.sequence_number = c.sequence_number AND c.delivery_count < %(max_delivery_count)s
       AND NOT EXISTS (
           SELECT 1 FROM local_bus_messages o
@@ -370,10 +380,11 @@ SELECT (SELECT count(*) FROM candidate) AS candidates,
            SELECT 1 FROM local_bus_messages w
            WHERE w.queue = %(queue)s AND w.session_id IS NOT NULL AND w.visible_at <= now()
              AND w.session_id <> ALL ((SELECT ids FROM held_sessions)::text[])
-             AND w.session_id <> (SELECT session_id FROM candidate)
+             AND w.session_id NOT IN (SELECT session_id FROM candidate)
        ) AS more_sessions,
        m.*
-FROM (VALUES (1)) AS one (x) LEFT JOIN locked l ON true LEFT JOIN delivered m ON true
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN (locked l LEFT JOIN delivered m ON m.session_id = l.session_id) ON true
 """
 ).format(returned=_RETURNED)
 
@@ -692,16 +703,26 @@ class LocalQueue:
 
     async def accept_next_session(self, queue: str, *, wait: float = 0.0) -> SessionReceiver | None:
         """Lock a session that has a deliverable message, or None after ``wait`` seconds."""
+        receivers = await self.accept_next_sessions(queue, 1, wait=wait)
+        return receivers[0] if receivers else None
+
+    async def accept_next_sessions(
+        self, queue: str, max_sessions: int, *, wait: float = 0.0
+    ) -> list[SessionReceiver]:
+        """Lock up to ``max_sessions`` sessions with deliverable messages in one round trip,
+        oldest work first; an empty list after ``wait`` seconds without any."""
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             # Listening before the first query, even without a wait, means a later
             # wait_for_activity knows whether anything was published since this query.
             await self._ensure_listening()
             seen = self._remember_generation(queue)
-            receiver = await self._try_accept(queue)
+            receivers = await self._try_accept(queue, max_sessions)
             remaining = deadline - asyncio.get_running_loop().time()
-            if receiver is not None or remaining <= 0 or self._closed:
-                return receiver
+            if receivers or remaining <= 0 or self._closed:
+                return receivers
             await self._wait(queue, remaining, seen)
 
     async def receive(self, queue: str, *, wait: float = 0.0) -> ReceivedMessage | None:
@@ -858,32 +879,41 @@ class LocalQueue:
                 options.max_delivery_count,
             )
 
-    async def _try_accept(self, queue: str) -> SessionReceiver | None:
+    async def _try_accept(self, queue: str, max_sessions: int) -> list[SessionReceiver]:
         options = self.options_for(queue)
         params = {
             "queue": queue,
             "lock_duration": options.lock_duration,
             "max_delivery_count": options.max_delivery_count,
+            "max_sessions": max_sessions,
+            # Messages looked at to find that many distinct sessions (a session's later messages
+            # take up scan rows too).
+            "scan_limit": max_sessions * _ACCEPT_SCAN_PER_SESSION,
         }
         for _ in range(_ACCEPT_ATTEMPTS):
-            row = await self._one_row(_ACCEPT_SESSION, params)
-            session_id = row["held_session_id"]
-            if session_id is not None:
-                receiver = SessionReceiver(
+            async with self._pool.connection() as conn:
+                cursor = conn.cursor(row_factory=dict_row)
+                await cursor.execute(_ACCEPT_SESSIONS, params)
+                rows = await cursor.fetchall()
+            receivers = [
+                SessionReceiver(
                     self,
                     queue=queue,
-                    session_id=session_id,
+                    session_id=row["held_session_id"],
                     lock_token=str(row["session_lock_token"]),
                     locked_until=_utc(row["session_locked_until"]),
                     first_message=None if row["sequence_number"] is None else _received(row),
                     more_sessions=row["more_sessions"],
                 )
-                self._holders[(queue, session_id)] = receiver
-                return receiver
-            if not row["candidates"]:
-                return None
-            # Another acceptor locked the same session in the same instant: look again.
-        return None
+                for row in rows
+                if row["held_session_id"] is not None
+            ]
+            for receiver in receivers:
+                self._holders[(queue, receiver.session_id)] = receiver
+            if receivers or not rows[0]["candidates"]:
+                return receivers
+            # Other acceptors locked the same sessions in the same instant: look again.
+        return []
 
     async def _one_row(self, statement: sql.Composed, params: Mapping[str, Any]) -> DictRow:
         """Run one of the statements above that always return exactly one row."""

@@ -781,6 +781,35 @@ async def test_an_accept_says_whether_another_free_session_has_work(
     assert (second.session_id, second.more_sessions) == ("B", False)
 
 
+async def test_one_accept_locks_several_sessions_each_with_its_head_message(
+    local_queue: LocalQueue, pool: Pool, other_pool: Pool
+) -> None:
+    elsewhere = bus_with(other_pool, QueueOptions())
+    await local_queue.publish(QUEUE, [message("c1", "C")])
+    c_holder = await elsewhere.accept_next_session(QUEUE)
+    assert c_holder is not None and c_holder.session_id == "C"
+    await local_queue.publish(
+        QUEUE,
+        [message("a1", "A"), message("a2", "A"), message("c2", "C"), message("b1", "B")],
+    )
+    await local_queue.publish(QUEUE, [message("d1", "D")])
+
+    batch = await local_queue.accept_next_sessions(QUEUE, 2)
+    assert [receiver.session_id for receiver in batch] == ["A", "B"]  # C is held elsewhere
+    assert batch[-1].more_sessions  # D is free and has work
+    firsts = [await receiver.receive() for receiver in batch]
+    assert [m.message_id if m else None for m in firsts] == ["a1", "b1"]
+    assert await locked_message_ids(pool) == ["c1", "a1", "b1"]
+
+    rest = await local_queue.accept_next_sessions(QUEUE, 16)
+    assert [receiver.session_id for receiver in rest] == ["D"]
+    assert not rest[0].more_sessions
+    assert await local_queue.accept_next_sessions(QUEUE, 16) == []
+    for receiver in [*batch, *rest, c_holder]:
+        await receiver.close()
+    await elsewhere.close()
+
+
 async def test_a_publish_to_a_session_held_here_wakes_its_holder_not_the_acceptors(
     local_queue: LocalQueue, other_pool: Pool
 ) -> None:
