@@ -37,17 +37,21 @@ from pathlib import Path
 import httpx
 
 from bench.ingest.__main__ import free_port, peak_rss_mb
+from shared_code.http_transport import async_client
 
 QUEUE_FUNCTIONS = ("processor_handle_event", "sender_send_message", "maintenance_outbox_sweep")
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def drive(simulator_url: str, rate: float, duration: float) -> dict[str, float]:
-    """Open loop: one new conversation every 1/rate s; returns wa_id -> send time."""
+async def drive(
+    simulator_url: str, rate: float, duration: float, *, first: int = 0
+) -> dict[str, float]:
+    """Open loop: one new conversation every 1/rate s, users numbered from ``first``;
+    returns wa_id -> send time."""
     started: dict[str, float] = {}
     failures = 0
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=simulator_url, limits=limits, timeout=30) as client:
+    async with async_client(limits=limits, timeout=httpx.Timeout(30)) as client:
 
         async def one(n: int) -> None:
             nonlocal failures
@@ -55,7 +59,7 @@ async def drive(simulator_url: str, rate: float, duration: float) -> dict[str, f
             started[wa_id] = time.time()
             try:
                 answer = await client.post(
-                    f"/simulator/users/{wa_id}/messages", json={"text": f"bench {n}"}
+                    f"{simulator_url}/simulator/users/{wa_id}/messages", json={"text": f"bench {n}"}
                 )
             except httpx.HTTPError:
                 failures += 1
@@ -70,7 +74,7 @@ async def drive(simulator_url: str, rate: float, duration: float) -> dict[str, f
             delay = begin + n / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(n)))
+            tasks.append(asyncio.create_task(one(first + n)))
         await asyncio.gather(*tasks)
     if failures:
         print(f"warning: {failures} simulated messages were not accepted by the host")
@@ -152,9 +156,12 @@ def main() -> int:
                 print(log_path.read_text(errors="replace"))
                 return 1
             time.sleep(0.1)
-        # Warm-up: the first message builds the app's services (pool, clients, migrations check).
+        # Warm-up, not measured: the first message builds the app's services (pool, clients,
+        # migrations check); then a few seconds at the measured rate let the pools and the
+        # prepared statements grow to that load, as on a host that has been serving it.
         asyncio.run(drive(simulator_url, rate=5, duration=1))
-        time.sleep(2)
+        asyncio.run(drive(simulator_url, rate=args.rate, duration=_WARM_UP_SECONDS, first=10**6))
+        time.sleep(3)
         httpx.post(f"{simulator_url}/simulator/reset")
         if args.no_status_webhooks:
             httpx.put(f"{simulator_url}/simulator/config", json={"status_webhooks": False})
@@ -186,12 +193,36 @@ def main() -> int:
         f"message -> reply at the simulator: p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, "
         f"p99 {q[98]:.1f} ms, max {latencies[-1]:.1f} ms"
     )
+    # Where in the run the slow ones were: a tail at the start (pools and sessions still
+    # growing) reads differently from one spread over the whole run.
+    begin = min(started.values())
+    slices: dict[int, list[float]] = {}
+    for user, sent_at in replied.items():
+        slice_start = int((started[user] - begin) // _SLICE_SECONDS) * _SLICE_SECONDS
+        slices.setdefault(slice_start, []).append((sent_at - started[user]) * 1000)
+    print(
+        "p99 by start time: "
+        + ", ".join(
+            f"{start}-{start + _SLICE_SECONDS} s {_p99(values):.0f} ms"
+            for start, values in sorted(slices.items())
+        )
+    )
     layout = "webhook host + queue-trigger host" if args.split_hosts else "one host"
     statuses = "off" if args.no_status_webhooks else "on"
     queue_part = f", queue-trigger host {queue_rss:.0f} MB" if queue_rss is not None else ""
     print(f"({layout}, status webhooks {statuses}; peak RSS: host {rss:.0f} MB{queue_part})")
     print(f"(host log: {log_path})")
     return 0
+
+
+_SLICE_SECONDS = 5
+_WARM_UP_SECONDS = 3.0
+
+
+def _p99(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
 if __name__ == "__main__":
