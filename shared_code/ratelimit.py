@@ -31,10 +31,10 @@ import hashlib
 import logging
 import math
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -46,10 +46,12 @@ __all__ = [
     "Decision",
     "LimitName",
     "LimitUsage",
+    "RateCharge",
     "RateLimitPolicy",
     "RateLimiter",
     "RateLimits",
     "Usage",
+    "decision_of",
 ]
 
 LimitName = Literal["second", "minute", "day", "pair"]
@@ -227,11 +229,6 @@ class _Buckets:
         )
 
 
-_ACQUIRE = """
-SELECT allowed, retry_after, refused_by, decided_at
-FROM rate_limit_acquire(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-"""
-
 # A pause is a TAT pushed to now + pause + tolerance: the next send then waits `pause` seconds,
 # and the bucket restarts empty instead of with a burst.
 _PAUSE_NUMBER = """
@@ -262,6 +259,35 @@ LEFT JOIN rate_limit_numbers AS numbers ON numbers.phone_number_id = %(number)s
 """
 
 
+@dataclass(frozen=True, slots=True)
+class RateCharge:
+    """One ``rate_limit_acquire(...)`` call, for a statement that charges a send together with
+    other work (see :func:`shared_code.db.outbound.load_outbound`): put :attr:`CALL` in the
+    statement and :attr:`parameters` among its named parameters."""
+
+    phone_number_id: str
+    recipient: str
+    arguments: tuple[str | bytes | float, ...]
+
+    CALL: ClassVar[str] = "rate_limit_acquire({})".format(
+        ", ".join(f"%(charge_{n})s" for n in range(10))
+    )
+
+    @property
+    def parameters(self) -> dict[str, str | bytes | float]:
+        return {f"charge_{n}": value for n, value in enumerate(self.arguments)}
+
+
+# Both parts are constants of this module: nothing from outside reaches the text.
+_ACQUIRE = f"SELECT allowed, retry_after, refused_by, decided_at FROM {RateCharge.CALL}"  # noqa: S608
+
+
+def decision_of(columns: Sequence[Any]) -> Decision:
+    """A :class:`Decision` from the four columns ``rate_limit_acquire`` returns, in order."""
+    allowed, retry_after, refused_by, decided_at = columns
+    return Decision(bool(allowed), float(retry_after), refused_by, decided_at)
+
+
 class RateLimiter:
     """Asks PostgreSQL, before each send, whether every limit allows it; shared by all instances."""
 
@@ -269,24 +295,31 @@ class RateLimiter:
         self._pool = pool
         self._policy = policy
 
+    def charge_for(self, phone_number_id: str, recipient: str) -> RateCharge:
+        """What :meth:`acquire` would ask PostgreSQL, for a statement of the caller's."""
+        buckets = _Buckets.of(self._policy.for_number(phone_number_id))
+        return RateCharge(
+            phone_number_id,
+            recipient,
+            (
+                phone_number_id,
+                _pair_key(phone_number_id, recipient),
+                *_gcra_parameters(buckets.second),
+                *_gcra_parameters(buckets.minute),
+                *_gcra_parameters(buckets.day),
+                *_gcra_parameters(buckets.pair),
+            ),
+        )
+
     async def acquire(self, phone_number_id: str, recipient: str) -> Decision:
         """Take one send from the number's and the pair's buckets, or from none of them."""
-        buckets = _Buckets.of(self._policy.for_number(phone_number_id))
-        params = (
-            phone_number_id,
-            _pair_key(phone_number_id, recipient),
-            *_gcra_parameters(buckets.second),
-            *_gcra_parameters(buckets.minute),
-            *_gcra_parameters(buckets.day),
-            *_gcra_parameters(buckets.pair),
-        )
+        charge = self.charge_for(phone_number_id, recipient)
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(_ACQUIRE, params)
+            cursor = await conn.execute(_ACQUIRE, charge.parameters)
             row = await cursor.fetchone()
         if row is None:
             raise RuntimeError("rate_limit_acquire returned no row")
-        allowed, retry_after, refused_by, decided_at = row
-        return Decision(bool(allowed), float(retry_after), refused_by, decided_at)
+        return decision_of(row)
 
     async def report_throttled(self, phone_number_id: str, *, seconds: float = 1.0) -> None:
         """Meta throttled the number anyway (130429, 4, 80007): pause it for every instance."""

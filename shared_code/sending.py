@@ -29,7 +29,7 @@ import msgspec
 from shared_code.bus.port import MessageBus, OutgoingMessage
 from shared_code.db import outbound
 from shared_code.db.pool import Pool
-from shared_code.ratelimit import RateLimiter
+from shared_code.ratelimit import Decision, RateLimiter
 from shared_code.retry_policy import RetryPolicy
 from shared_code.whatsapp.errors import (
     GraphApiError,
@@ -53,9 +53,13 @@ __all__ = [
 
 
 class SendRequest(msgspec.Struct, frozen=True):
-    """The body of an ``outbound-messages`` bus message: which row to send."""
+    """The body of an ``outbound-messages`` bus message: which row to send, and from which
+    number to whom, so that loading the row can charge the rate limits in the same round trip
+    (messages queued before those two fields existed still work: they are just charged apart)."""
 
     outbound_message_id: int
+    phone_number_id: str | None = None
+    contact_wa_id: str | None = None
 
 
 _encode = msgspec.json.Encoder().encode
@@ -75,7 +79,13 @@ def outbound_bus_message(
         f"outbound:{row_id}" if requeue_count == 0 else f"outbound:{row_id}:{requeue_count}"
     )
     return OutgoingMessage(
-        body=_encode(SendRequest(outbound_message_id=row_id)),
+        body=_encode(
+            SendRequest(
+                outbound_message_id=row_id,
+                phone_number_id=phone_number_id,
+                contact_wa_id=contact_wa_id,
+            )
+        ),
         message_id=message_id,
         session_id=session_id_for(phone_number_id, contact_wa_id),
         subject="outbound",
@@ -124,8 +134,15 @@ class OutboundSender:
         except msgspec.DecodeError as error:
             logger.warning("outbound bus message dropped, unreadable: %s", error)
             return SendOutcome.UNREADABLE
+        charge = (
+            self._limiter.charge_for(request.phone_number_id, request.contact_wa_id)
+            if request.phone_number_id and request.contact_wa_id
+            else None
+        )
         async with self._pool.connection() as conn:
-            row = await outbound.load_outbound(conn, request.outbound_message_id)
+            row, decision = await outbound.load_outbound(
+                conn, request.outbound_message_id, charge, early_tolerance=_EARLY_TOLERANCE
+            )
         if row is None:
             logger.warning("outbound message %d not found", request.outbound_message_id)
             return SendOutcome.NOT_FOUND
@@ -155,7 +172,7 @@ class OutboundSender:
             delay = max((earlier_due - row.now).total_seconds(), 0.0) + _ORDER_GAP_SECONDS
             await self._requeue(row, delay)
             return SendOutcome.WAITING_FOR_EARLIER
-        if not await self._acquire_slot(row):
+        if not await self._acquire_slot(row, decision):
             return SendOutcome.RATE_LIMITED
         return await self._send(row)
 
@@ -182,8 +199,12 @@ class OutboundSender:
         )
         return None
 
-    async def _acquire_slot(self, row: outbound.OutboundRow) -> bool:
-        decision = await self._limiter.acquire(row.phone_number_id, row.contact_wa_id)
+    async def _acquire_slot(
+        self, row: outbound.OutboundRow, decision: Decision | None = None
+    ) -> bool:
+        """``decision``: the one taken while loading the row, if that charged the limits."""
+        if decision is None:
+            decision = await self._limiter.acquire(row.phone_number_id, row.contact_wa_id)
         while not decision.allowed and decision.retry_after <= self._policy.max_pacing_seconds:
             await asyncio.sleep(decision.retry_after)
             decision = await self._limiter.acquire(row.phone_number_id, row.contact_wa_id)

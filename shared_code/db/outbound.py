@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from psycopg.rows import class_row
+from psycopg import sql
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from shared_code.db.pool import Connection
 from shared_code.db.statuses import fold_statuses
+from shared_code.ratelimit import Decision, RateCharge, decision_of
 
 __all__ = [
     "CALLBACK_PREFIX",
@@ -133,23 +135,80 @@ async def find_by_idempotency_key(conn: Connection, key: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-async def load_outbound(conn: Connection, outbound_id: int) -> OutboundRow | None:
-    cursor = conn.cursor(row_factory=class_row(OutboundRow))
-    await cursor.execute(
-        """
-        SELECT m.id, m.conversation_id, m.phone_number_id, m.contact_wa_id, m.message_type,
-               m.content, m.wamid, m.status, m.send_attempts, m.send_started_at,
-               m.next_attempt_at, m.requeue_count, m.gave_up_at,
-               (SELECT COALESCE(e.next_attempt_at, clock_timestamp()) FROM whatsapp_messages e
-                WHERE e.conversation_id = m.conversation_id AND e.direction = 'outbound'
-                  AND e.wamid IS NULL AND e.status = 'pending' AND e.id < m.id
-                ORDER BY e.id LIMIT 1) AS earlier_unsent_due,
-               clock_timestamp() AS now
-        FROM whatsapp_messages m WHERE m.id = %s AND m.direction = 'outbound'
-        """,
-        (outbound_id,),
+_LOAD = """
+SELECT m.id, m.conversation_id, m.phone_number_id, m.contact_wa_id, m.message_type,
+       m.content, m.wamid, m.status, m.send_attempts, m.send_started_at,
+       m.next_attempt_at, m.requeue_count, m.gave_up_at,
+       (SELECT COALESCE(e.next_attempt_at, clock_timestamp()) FROM whatsapp_messages e
+        WHERE e.conversation_id = m.conversation_id AND e.direction = 'outbound'
+          AND e.wamid IS NULL AND e.status = 'pending' AND e.id < m.id
+        ORDER BY e.id LIMIT 1) AS earlier_unsent_due,
+       clock_timestamp() AS now
+FROM whatsapp_messages m WHERE m.id = %(id)s AND m.direction = 'outbound'
+"""
+
+# The same row, and the send charged to the rate limits in the same round trip when the row is
+# plainly ready to go: nothing sent or failed yet, no request possibly in flight, not re-queued
+# for later, no earlier reply of the conversation waiting, and for the charged number and user.
+# The charge is its own transaction's work (rate_limit_acquire commits asynchronously; reading
+# the row adds nothing to commit). The condition is on the row alone, so it filters the row's
+# scan below the join and the function is never called for a row that is not ready (a test
+# holds PostgreSQL to that: a condition inside a LATERAL subquery did not stop the call).
+_LOAD_AND_CHARGE = sql.SQL(
+    """
+WITH loaded AS ({load}),
+charged AS (
+    SELECT d.allowed, d.retry_after, d.refused_by, d.decided_at
+    FROM loaded, {call} AS d
+    WHERE loaded.wamid IS NULL AND loaded.status = 'pending' AND loaded.gave_up_at IS NULL
+      AND loaded.send_started_at IS NULL AND loaded.earlier_unsent_due IS NULL
+      AND (loaded.next_attempt_at IS NULL
+           OR loaded.next_attempt_at <= loaded.now + make_interval(secs => %(early)s))
+      AND loaded.phone_number_id = %(number)s AND loaded.contact_wa_id = %(recipient)s
+)
+SELECT loaded.*, charged.* FROM loaded LEFT JOIN charged ON true
+"""
+).format(load=sql.SQL(_LOAD), call=sql.SQL(RateCharge.CALL))
+
+
+async def load_outbound(
+    conn: Connection,
+    outbound_id: int,
+    charge: RateCharge | None = None,
+    *,
+    early_tolerance: timedelta = timedelta(0),
+) -> tuple[OutboundRow | None, Decision | None]:
+    """The row, and with ``charge`` the rate-limit decision for sending it now, taken in the same
+    round trip when the row is ready to send (its ``next_attempt_at`` at most
+    ``early_tolerance`` ahead); the decision is None when no charge was made."""
+    cursor = conn.cursor(row_factory=dict_row)
+    if charge is None:
+        await cursor.execute(_LOAD, {"id": outbound_id})
+    else:
+        await cursor.execute(
+            _LOAD_AND_CHARGE,
+            {
+                "id": outbound_id,
+                "early": early_tolerance.total_seconds(),
+                "number": charge.phone_number_id,
+                "recipient": charge.recipient,
+                **charge.parameters,
+            },
+        )
+    columns = await cursor.fetchone()
+    if columns is None:
+        return None, None
+    decision = (
+        None
+        if columns.get("allowed") is None
+        else decision_of([columns.pop(name) for name in _DECISION_COLUMNS])
     )
-    return await cursor.fetchone()
+    for name in _DECISION_COLUMNS:
+        columns.pop(name, None)
+    return OutboundRow(**columns), decision
+
+
+_DECISION_COLUMNS = ("allowed", "retry_after", "refused_by", "decided_at")
 
 
 async def begin_attempt(conn: Connection, outbound_id: int) -> int:

@@ -17,7 +17,12 @@ from shared_code.db.pool import Pool
 from shared_code.ratelimit import RateLimiter, RateLimitPolicy, RateLimits
 from shared_code.retry_policy import RetryPolicy
 from shared_code.secrets import Secret
-from shared_code.sending import OutboundSender, SendAttemptsExhausted, SendOutcome
+from shared_code.sending import (
+    OutboundSender,
+    SendAttemptsExhausted,
+    SendOutcome,
+    outbound_bus_message,
+)
 from shared_code.whatsapp.graph_client import GraphApiClient
 
 pytestmark = pytest.mark.integration
@@ -382,3 +387,65 @@ async def test_unknown_and_unreadable_requests_are_dropped(
     sender = make_sender(pool, local_queue, client)
     assert await sender.handle(b"not json") is SendOutcome.UNREADABLE
     assert await sender.handle(request_for(999_999)) is SendOutcome.NOT_FOUND
+
+
+# --- the rate-limit charge made while loading the row ------------------------------------------
+
+
+def full_request_for(row_id: int, user: str = USER) -> bytes:
+    """The body the orchestrator publishes: the row, and its number and user."""
+    return outbound_bus_message(row_id, phone_number_id=PHONE_NUMBER_ID, contact_wa_id=user).body
+
+
+async def minute_tokens_used(pool: Pool, limits: RateLimits) -> float:
+    usage = await RateLimiter(pool, RateLimitPolicy(default=limits)).usage(PHONE_NUMBER_ID)
+    return usage.minute.used
+
+
+async def test_a_request_naming_number_and_user_is_charged_once_while_its_row_loads(
+    pool: Pool, local_queue: LocalQueue, graph: tuple[ScriptedGraph, GraphApiClient]
+) -> None:
+    meta, client = graph
+    limits = RateLimits(per_minute=100)
+    sender = make_sender(pool, local_queue, client, limits=limits)
+    row_id = await new_reply(pool)
+
+    assert await sender.handle(full_request_for(row_id)) is SendOutcome.SENT
+    assert 0.9 < await minute_tokens_used(pool, limits) < 1.5  # one send, one token
+    # Settled now: loading it again charges nothing.
+    assert await sender.handle(full_request_for(row_id)) is SendOutcome.ALREADY_SETTLED
+    assert 0.9 < await minute_tokens_used(pool, limits) < 1.5
+    assert len(meta.requests) == 1
+
+
+async def test_a_refusal_taken_while_loading_re_queues_like_any_other(
+    pool: Pool, local_queue: LocalQueue, graph: tuple[ScriptedGraph, GraphApiClient]
+) -> None:
+    meta, client = graph
+    # Pair bucket of one send per 6 s: the second reply to the same user must wait.
+    sender = make_sender(pool, local_queue, client, limits=RateLimits(pair_burst=2))
+    first, second = await new_reply(pool, "one"), await new_reply(pool, "two")
+
+    assert await sender.handle(full_request_for(first)) is SendOutcome.SENT
+    assert await sender.handle(full_request_for(second)) is SendOutcome.RATE_LIMITED
+    assert await queued(pool) == [(f"outbound:{second}:1", True)]
+    assert len(meta.requests) == 1
+
+
+async def test_loading_charges_nothing_when_the_named_user_is_not_the_rows(
+    pool: Pool,
+) -> None:
+    limits = RateLimits(per_minute=100)
+    limiter = RateLimiter(pool, RateLimitPolicy(default=limits))
+    row_id = await new_reply(pool)
+    async with pool.connection() as conn:
+        loaded, decision = await outbound.load_outbound(
+            conn, row_id, limiter.charge_for(PHONE_NUMBER_ID, "15559999999")
+        )
+        assert loaded is not None and loaded.id == row_id
+        assert decision is None
+        loaded, decision = await outbound.load_outbound(
+            conn, row_id, limiter.charge_for(PHONE_NUMBER_ID, USER)
+        )
+        assert decision is not None and decision.allowed
+    assert 0.9 < await minute_tokens_used(pool, limits) < 1.5
