@@ -138,6 +138,28 @@ async def test_a_stuck_broker_holds_answers_once_every_publish_slot_is_taken(
     assert [row[0] for row in await event_rows(pool)] == ["published", "published"]
 
 
+async def test_rows_published_close_together_are_marked_by_one_statement_after_the_answer(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    service = WebhookIntake(
+        pool=pool, bus=local_queue, queue=QUEUE, app_secret=SECRET, mark_linger_seconds=30
+    )
+    for n in range(3):
+        body, signature = signed(sample_text(sender=f"1555123000{n}"))
+        assert (await service.receive(body, signature)).status_code == 200
+    while await local_queue.count_active(QUEUE) < 3:
+        await asyncio.sleep(0.01)
+    # On the bus already, marked not yet: the mark waits for its linger (or a drain).
+    assert [row[0] for row in await event_rows(pool)] == ["pending"] * 3
+    await service.drain()
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*), count(DISTINCT published_at) FROM whatsapp_webhook_events"
+            " WHERE status = 'published'"
+        )
+        assert await cursor.fetchone() == (3, 1)  # one UPDATE: one now() for all three
+
+
 async def test_a_redelivered_webhook_is_stored_once_and_published_once(
     pool: Pool, local_queue: LocalQueue
 ) -> None:
