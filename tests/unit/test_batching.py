@@ -67,3 +67,61 @@ async def test_batches_run_concurrently_up_to_the_in_flight_limit() -> None:
     assert most_running == 3
     release.set()
     assert await submissions == list(range(10))
+
+
+async def test_a_lingering_queue_turns_a_trickle_into_one_batch() -> None:
+    batches: list[list[int]] = []
+
+    async def record(items: Sequence[int]) -> list[None]:
+        batches.append(list(items))
+        return [None] * len(items)
+
+    queue: BatchingQueue[int, None] = BatchingQueue(record, max_in_flight=1, linger_seconds=0.2)
+    for item in range(5):
+        queue.enqueue(item)
+        await asyncio.sleep(0.01)
+    assert batches == []  # still lingering
+    await asyncio.sleep(0.3)
+    assert batches == [[0, 1, 2, 3, 4]]
+
+
+async def test_flush_cuts_the_linger_short_and_a_failure_nobody_awaits_is_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    batches: list[list[int]] = []
+
+    async def fail_first(items: Sequence[int]) -> list[None]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            raise ConnectionError("database down")
+        return [None] * len(items)
+
+    queue: BatchingQueue[int, None] = BatchingQueue(
+        fail_first, max_in_flight=1, linger_seconds=30, name="marks"
+    )
+    queue.enqueue(1)
+    await asyncio.wait_for(queue.flush(), timeout=1)
+    assert batches == [[1]]
+    assert "marks: a batch of 1 failed: ConnectionError" in caplog.text
+    queue.enqueue(2)
+    await asyncio.wait_for(queue.flush(), timeout=1)
+    assert batches == [[1], [2]]
+
+
+async def test_an_item_added_as_the_last_flusher_finishes_is_still_handled() -> None:
+    handled: list[int] = []
+
+    async def record(items: Sequence[int]) -> list[None]:
+        handled.extend(items)
+        if items == [1]:
+            # Runs right after the flusher's last step, before its task's done-callbacks.
+            asyncio.get_running_loop().call_soon(queue.enqueue, 2)
+        return [None] * len(items)
+
+    queue: BatchingQueue[int, None] = BatchingQueue(record, max_in_flight=1)
+    await queue.submit(1)
+    for _ in range(100):
+        if handled == [1, 2]:
+            break
+        await asyncio.sleep(0.01)
+    assert handled == [1, 2]
