@@ -15,7 +15,6 @@ is answered, so a slow broker slows the answers instead of piling up work in mem
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -134,12 +133,14 @@ class WebhookIntake:
         self._publishing: set[asyncio.Task[bool]] = set()
         # Published rows are marked together a little later: one UPDATE for every webhook of
         # the last few milliseconds instead of one per publish. Nothing waits for the mark; a
-        # row left pending (crash in between) is re-published by the sweeper and dropped by the
-        # bus as a duplicate message id.
-        self._mark_linger = mark_linger_seconds
-        self._unmarked: list[int] = []
-        self._marker: asyncio.Task[None] | None = None
-        self._mark_now = asyncio.Event()
+        # row left pending (crash in between, failed UPDATE) is re-published by the sweeper and
+        # dropped by the bus as a duplicate message id.
+        self._marks: BatchingQueue[Sequence[int], None] = BatchingQueue(
+            self._mark_published,
+            max_in_flight=1,
+            linger_seconds=mark_linger_seconds,
+            name="mark-published",
+        )
 
     async def receive(self, body: bytes, signature: str | None) -> IntakeAnswer:
         if len(body) > MAX_WEBHOOK_BODY_BYTES:
@@ -202,9 +203,7 @@ class WebhookIntake:
         """Wait for the publishes still running and mark them (before shutdown; tests use it)."""
         while self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
-        while self._marker is not None:
-            self._mark_now.set()
-            await asyncio.gather(self._marker, return_exceptions=True)
+        await self._marks.flush()
 
     async def _publish_in_slot(self, events: Sequence[tuple[int, SplitResult]]) -> bool:
         try:
@@ -233,25 +232,13 @@ class WebhookIntake:
             except Exception:
                 logger.exception("could not record the publish failure")
             return False
-        self._unmarked.extend(event_ids)
-        if self._marker is None:
-            self._marker = asyncio.create_task(self._mark_after_linger())
+        self._marks.enqueue(event_ids)
         return True
 
-    async def _mark_after_linger(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._mark_now.wait(), self._mark_linger)
-        # Rows published from here on wait for the next marker.
-        self._marker = None
-        self._mark_now.clear()
-        event_ids, self._unmarked = self._unmarked, []
-        try:
-            async with self._pool.connection() as conn:
-                await webhook_events.mark_published(conn, event_ids)
-        except Exception:
-            # The broker has the messages; the sweeper's re-publish is dropped by message-id
-            # duplicate detection, so leaving the rows pending costs nothing but a retry.
-            logger.exception("published, but could not mark %d events published", len(event_ids))
+    async def _mark_published(self, batches: Sequence[Sequence[int]]) -> list[None]:
+        async with self._pool.connection() as conn:
+            await webhook_events.mark_published(conn, [i for ids in batches for i in ids])
+        return [None] * len(batches)
 
 
 async def publish_events(
