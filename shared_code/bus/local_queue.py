@@ -57,6 +57,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
+from shared_code.batching import BatchingQueue
 from shared_code.bus.port import OutgoingMessage, PropertyValue, PublishError
 from shared_code.db.pool import Pool
 
@@ -90,6 +91,8 @@ _DUE_CACHE_SECONDS: Final = 0.25
 # Acceptors woken together may pick the same session; each loser looks again, up to this often.
 _ACCEPT_ATTEMPTS: Final = 10
 _ACCEPT_SCAN_PER_SESSION: Final = 4
+# How long a release waits for others to share its statement.
+_RELEASE_LINGER_SECONDS: Final = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,17 +399,20 @@ WHERE queue = %(queue)s AND session_id = %(session_id)s
 RETURNING locked_until
 """
 
-_RELEASE_SESSION: Final = """
+_RELEASE_SESSIONS: Final = """
 WITH released AS (
-    DELETE FROM local_bus_sessions
-    WHERE queue = %(queue)s AND session_id = %(session_id)s AND lock_token = %(session_lock_token)s
-    RETURNING queue
+    DELETE FROM local_bus_sessions s
+    USING unnest(%(queues)s::text[], %(session_ids)s::text[], %(lock_tokens)s::uuid[])
+        AS r (queue, session_id, lock_token)
+    WHERE s.queue = r.queue AND s.session_id = r.session_id AND s.lock_token = r.lock_token
+    RETURNING s.queue, s.session_id
 ),
--- Another acceptor may now take the session, if it still has messages.
+-- Another acceptor may now take a released session that still has messages.
 notified AS (
-    SELECT pg_notify('local_bus', queue)::text FROM released
-    WHERE EXISTS (SELECT 1 FROM local_bus_messages m
-                  WHERE m.queue = %(queue)s AND m.session_id = %(session_id)s)
+    SELECT pg_notify('local_bus', waiting.queue)::text
+    FROM (SELECT DISTINCT r.queue FROM released r
+          WHERE EXISTS (SELECT 1 FROM local_bus_messages m
+                        WHERE m.queue = r.queue AND m.session_id = r.session_id)) AS waiting
 )
 SELECT count(*) FROM notified
 """
@@ -628,6 +634,7 @@ class LocalQueue:
         default_options: QueueOptions = _DEFAULT_OPTIONS,
         *,
         owns_pool: bool = False,
+        release_linger_seconds: float = _RELEASE_LINGER_SECONDS,
     ) -> None:
         self._pool = pool
         self._owns_pool = owns_pool
@@ -648,6 +655,10 @@ class LocalQueue:
         self._due_cache: dict[str, tuple[int, float, float | None]] = {}
         # Per queue: publishes of scheduled messages seen (they may bring a due time closer).
         self._scheduled_publishes: dict[str, int] = {}
+        # Sessions ending within a few milliseconds of each other are released by one statement.
+        self._releases: BatchingQueue[SessionReceiver, None] = BatchingQueue(
+            self._release_sessions, max_in_flight=1, linger_seconds=release_linger_seconds
+        )
 
     def options_for(self, queue: str) -> QueueOptions:
         return self._options.get(queue, self._default_options)
@@ -690,6 +701,7 @@ class LocalQueue:
     async def close(self) -> None:
         """Stop listening; the pool stays open unless the queue was given it (``owns_pool``)."""
         self._closed = True
+        await self._releases.flush()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -962,8 +974,17 @@ class LocalQueue:
     async def _release_session(self, session: SessionReceiver) -> None:
         if self._holders.get((session.queue, session.session_id)) is session:
             del self._holders[(session.queue, session.session_id)]
+        await self._releases.submit(session)
+
+    async def _release_sessions(self, sessions: Sequence[SessionReceiver]) -> list[None]:
+        params = {
+            "queues": [session.queue for session in sessions],
+            "session_ids": [session.session_id for session in sessions],
+            "lock_tokens": [uuid.UUID(session.lock_token) for session in sessions],
+        }
         async with self._pool.connection() as conn:
-            await conn.execute(_RELEASE_SESSION, _session_params(session))
+            await conn.execute(_RELEASE_SESSIONS, params)
+        return [None] * len(sessions)
 
     # --- waiting: one LISTEN connection, fanned out to asyncio waiters --------------------------
 
