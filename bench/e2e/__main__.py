@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.cpu import CpuWindow, describe, is_postgres
 from bench.ingest.__main__ import free_port, peak_rss_mb
 from shared_code.http_transport import async_client
 
@@ -165,7 +166,18 @@ def main() -> int:
         httpx.post(f"{simulator_url}/simulator/reset")
         if args.no_status_webhooks:
             httpx.put(f"{simulator_url}/simulator/config", json={"status_webhooks": False})
+        hosts = {host.pid} | ({queue_host.pid} if queue_host is not None else set())
+        cpu = CpuWindow(
+            {
+                "dev host" if queue_host is None else "dev hosts": lambda pid, _: pid in hosts,
+                "PostgreSQL": lambda _, command: is_postgres(command),
+                "simulator": lambda pid, _: pid == simulator.pid,
+                "driver": lambda pid, _: pid == os.getpid(),
+            }
+        )
+        cpu.start()
         started = asyncio.run(drive(simulator_url, args.rate, args.duration))
+        cpu_shares = cpu.stop()
         time.sleep(10)
         sent = httpx.get(f"{simulator_url}/simulator/messages", timeout=60).json()["messages"]
         rss = peak_rss_mb(host.pid)
@@ -211,6 +223,7 @@ def main() -> int:
     statuses = "off" if args.no_status_webhooks else "on"
     queue_part = f", queue-trigger host {queue_rss:.0f} MB" if queue_rss is not None else ""
     print(f"({layout}, status webhooks {statuses}; peak RSS: host {rss:.0f} MB{queue_part})")
+    print(f"CPU while driving, % of one core: {describe(cpu_shares)}")
     print(f"(host log: {log_path})")
     return 0
 

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench.cpu import CpuWindow, describe, is_postgres
 from bench.ingest.__main__ import free_port
 from shared_code.bus.local_queue import LOCAL_BUS_MIGRATIONS, LocalQueue
 from shared_code.db.migrations import apply_migrations
@@ -188,7 +189,19 @@ def run_cap(cap: float, args: argparse.Namespace, database_url: str, work: Path)
                 raise RuntimeError(f"no message reached the simulator; see the logs in {work}")
             time.sleep(0.2)
         # Two seconds of warm-up, the measured window, and a little slack.
-        time.sleep(args.duration + 3)
+        time.sleep(2)
+        worker_pids = {worker.pid for worker in workers}
+        cpu = CpuWindow(
+            {
+                "sender hosts": lambda pid, _: pid in worker_pids,
+                "PostgreSQL": lambda _, command: is_postgres(command),
+                "simulator": lambda pid, _: pid == simulator.pid,
+            }
+        )
+        cpu.start()
+        time.sleep(args.duration)
+        cpu_shares = cpu.stop()
+        time.sleep(1)
         stop(workers)
         workers = []
         stats = httpx.get(simulator_url + "/simulator/stats", timeout=10).json()
@@ -222,6 +235,7 @@ def run_cap(cap: float, args: argparse.Namespace, database_url: str, work: Path)
         "rows_with_wamid": found[0],
         "distinct_wamids": found[1],
         "duplicates_sent": len({m["body"]["text"]["body"] + m["to"] for m in sent}) != len(sent),
+        "cpu": cpu_shares,
     }
 
 
@@ -258,6 +272,7 @@ def main() -> int:
             f"distinct wamids {result['distinct_wamids']}, "
             f"any message sent twice: {result['duplicates_sent']}"
         )
+        print(f"  CPU in the window, % of one core: {describe(result['cpu'])}")
     print(f"(logs in {work})")
     return 0
 
