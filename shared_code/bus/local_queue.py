@@ -464,8 +464,15 @@ RETURNING m.locked_until
 # message turning visible, a message lock or a (non-empty) session's lock expiring.
 _SECONDS_UNTIL_DUE: Final = """
 SELECT extract(epoch FROM least(
-    (SELECT min(visible_at) FROM local_bus_messages
-     WHERE queue = %(queue)s AND scheduled_enqueue_time IS NOT NULL AND visible_at > now()),
+    -- Scheduled messages of free sessions (a held one is handed on by its release's
+    -- notification). Those that came due in the last second count too, at once: the waiter's
+    -- receive or accept ran a moment before this query and may just have missed them.
+    (SELECT min(m.visible_at) FROM local_bus_messages m
+     WHERE m.queue = %(queue)s AND m.scheduled_enqueue_time IS NOT NULL AND m.lock_token IS NULL
+       AND m.visible_at > now() - interval '1 second'
+       AND NOT EXISTS (SELECT 1 FROM local_bus_sessions s
+                       WHERE s.queue = m.queue AND s.session_id = m.session_id
+                         AND s.locked_until > now())),
     (SELECT min(locked_until) FROM local_bus_messages
      WHERE queue = %(queue)s AND lock_token IS NOT NULL AND locked_until > now()),
     (SELECT min(s.locked_until) FROM local_bus_sessions s

@@ -649,6 +649,23 @@ async def test_an_idle_wait_runs_one_query_not_a_polling_loop(database_url: str)
         await pool.close()
 
 
+async def test_a_scheduled_message_that_comes_due_between_an_accept_and_the_wait_is_not_slept_through(
+    local_queue: LocalQueue,
+) -> None:
+    due = datetime.now(UTC) + timedelta(seconds=0.2)
+    await local_queue.publish(QUEUE, [message("later", "S", scheduled=due)])
+    assert await local_queue.accept_next_session(QUEUE) is None  # not due yet
+    await asyncio.sleep(0.3)  # due now; coming due sends no notification
+    started = time.monotonic()
+    await local_queue.wait_for_activity(QUEUE, 5)
+    assert time.monotonic() - started < 1
+    session = await local_queue.accept_next_session(QUEUE)
+    assert session is not None
+    first = await session.receive()
+    assert first is not None and first.message_id == "later"
+    await session.close()
+
+
 async def listener_pids(pool: Pool) -> list[int]:
     async with pool.connection() as conn:
         cursor = await conn.execute(
