@@ -76,7 +76,8 @@ logger = logging.getLogger(__name__)
 
 LOCAL_BUS_MIGRATIONS = Path(__file__).with_name("migrations")
 
-# One channel for every queue, the queue name as payload: one LISTEN serves all queues.
+# One channel for every queue: one LISTEN serves all queues. Payload: the queue, then on new lines
+# the session (if any) and "1" when due times may have changed (scheduled publish, release).
 NOTIFY_CHANNEL: Final = "local_bus"
 MAX_DELIVERY_COUNT_EXCEEDED: Final = "MaxDeliveryCountExceeded"
 
@@ -407,9 +408,10 @@ WITH released AS (
     WHERE s.queue = r.queue AND s.session_id = r.session_id AND s.lock_token = r.lock_token
     RETURNING s.queue, s.session_id
 ),
--- Another acceptor may now take a released session that still has messages.
+-- Another acceptor may now take a released session that still has messages; the "1" says
+-- that due times may have changed too (the due-time query leaves held sessions out).
 notified AS (
-    SELECT pg_notify('local_bus', waiting.queue)::text
+    SELECT pg_notify('local_bus', waiting.queue || E'\n\n1')::text
     FROM (SELECT DISTINCT r.queue FROM released r
           WHERE EXISTS (SELECT 1 FROM local_bus_messages m
                         WHERE m.queue = r.queue AND m.session_id = r.session_id)) AS waiting

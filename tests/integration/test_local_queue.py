@@ -666,6 +666,38 @@ async def test_a_scheduled_message_that_comes_due_between_an_accept_and_the_wait
     await session.close()
 
 
+async def test_a_waiter_learns_the_due_time_of_a_held_sessions_retry_when_the_session_is_released(
+    local_queue: LocalQueue,
+) -> None:
+    await local_queue.publish(QUEUE, [message("now", "S")])
+    holder = await local_queue.accept_next_session(QUEUE)
+    assert holder is not None
+    first = await holder.receive()
+    assert first is not None
+    # A retry scheduled into the held session, as the sender does.
+    due = datetime.now(UTC) + timedelta(seconds=0.4)
+    await local_queue.publish(QUEUE, [message("retry", "S", scheduled=due)])
+
+    async def release_soon() -> None:
+        await asyncio.sleep(0.1)
+        await holder.complete_and_receive(first)
+        await holder.close()
+
+    releasing = asyncio.create_task(release_soon())
+    # The feeder's loop: nothing to accept, wait (the held session's retry is not counted),
+    # woken by the release, nothing due yet, wait again: this wait must end at the due time.
+    assert await local_queue.accept_next_session(QUEUE) is None
+    await local_queue.wait_for_activity(QUEUE, 5)
+    await releasing
+    started = time.monotonic()
+    while (session := await local_queue.accept_next_session(QUEUE)) is None:
+        await local_queue.wait_for_activity(QUEUE, 5)
+        assert time.monotonic() - started < 2, "slept past the retry's due time"
+    retry = await session.receive()
+    assert retry is not None and retry.message_id == "retry"
+    await session.close()
+
+
 async def listener_pids(pool: Pool) -> list[int]:
     async with pool.connection() as conn:
         cursor = await conn.execute(
