@@ -81,13 +81,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 keepalive_timeout=self._limits.keepalive_expiry or 15.0,
                 ssl=self._ssl_context or ssl.create_default_context(cafile=certifi.where()),
             )
-            # httpx already adds its default headers and decodes Content-Encoding itself;
-            # trust_env honours HTTPS_PROXY / NO_PROXY as httpx does by default.
+            # httpx already adds its default headers and decodes Content-Encoding itself.
             self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-                trust_env=True,
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
             )
         return self._session
 
