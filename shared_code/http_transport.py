@@ -8,6 +8,10 @@ for aiohttp's. ``httpx-aiohttp`` (PyPI) does the same job, but maps a dropped co
 (``ServerDisconnectedError``, any ``ClientConnectionError``) to ``httpx.ConnectTimeout``: "nothing
 was sent", which would let the sender resend a message Meta may already have delivered.
 
+Proxy settings in the environment (``HTTPS_PROXY``) are not read, unlike httpx's default:
+aiohttp's ``trust_env`` also looks up ``~/.netrc`` on every request, which cost the simulator a
+third more CPU in bench/e2e. The Graph API is reached directly from Azure Functions.
+
 The exception mapping here keeps httpx's meaning for :mod:`shared_code.whatsapp.errors`: the
 request "cannot have left" only when no connection was made or our own pool timed out; every
 failure after the request started writing maps to a read-side error (it may have been sent).
