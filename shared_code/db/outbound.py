@@ -198,13 +198,10 @@ async def load_outbound(
     columns = await cursor.fetchone()
     if columns is None:
         return None, None
-    decision = (
-        None
-        if columns.get("allowed") is None
-        else decision_of([columns.pop(name) for name in _DECISION_COLUMNS])
-    )
-    for name in _DECISION_COLUMNS:
-        columns.pop(name, None)
+    # Without a charge the statement has no decision columns; with one they are NULL when the
+    # row was not ready and the limits were not asked.
+    decision_columns = [columns.pop(name, None) for name in _DECISION_COLUMNS]
+    decision = None if decision_columns[0] is None else decision_of(decision_columns)
     return OutboundRow(**columns), decision
 
 
