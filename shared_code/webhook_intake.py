@@ -130,7 +130,7 @@ class WebhookIntake:
             self._store_and_publish, max_batch=max_batch
         )
         self._publish_slots = asyncio.Semaphore(max_publishes_in_flight)
-        self._publishing: set[asyncio.Task[bool]] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
         # Published rows are marked together a little later: one UPDATE for every webhook of
         # the last few milliseconds instead of one per publish. Nothing waits for the mark; a
         # row left pending (crash in between, failed UPDATE) is re-published by the sweeper and
@@ -205,16 +205,16 @@ class WebhookIntake:
             await asyncio.gather(*self._publishing, return_exceptions=True)
         await self._marks.flush()
 
-    async def _publish_in_slot(self, events: Sequence[tuple[int, SplitResult]]) -> bool:
+    async def _publish_in_slot(self, events: Sequence[tuple[int, SplitResult]]) -> None:
         try:
-            return await self._publish_stored(events)
+            await self._publish_stored(events)
         finally:
             self._publish_slots.release()
 
-    async def _publish_stored(self, events: Sequence[tuple[int, SplitResult]]) -> bool:
-        """Publish stored events and record the outcome; False leaves them for the sweeper."""
+    async def _publish_stored(self, events: Sequence[tuple[int, SplitResult]]) -> None:
+        """Publish stored events and record the outcome; a failure leaves them for the sweeper."""
         if not events:
-            return True
+            return
         event_ids = [event_id for event_id, _ in events]
         try:
             await publish_events(self._bus, self._queue, events)
@@ -231,9 +231,8 @@ class WebhookIntake:
                     )
             except Exception:
                 logger.exception("could not record the publish failure")
-            return False
+            return
         self._marks.enqueue(event_ids)
-        return True
 
     async def _mark_published(self, batches: Sequence[Sequence[int]]) -> list[None]:
         async with self._pool.connection() as conn:
