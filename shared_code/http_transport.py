@@ -72,18 +72,17 @@ class _ResponseStream(httpx.AsyncByteStream):
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session (created on first use, in the running loop) with httpx's limits."""
 
-    def __init__(self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, limits: httpx.Limits) -> None:
         self._limits = limits
-        self._ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
-    def _session_for_this_loop(self) -> aiohttp.ClientSession:
+    def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=self._limits.max_connections or 0,
                 limit_per_host=0,
                 keepalive_timeout=self._limits.keepalive_expiry or 15.0,
-                ssl=self._ssl_context or ssl.create_default_context(cafile=certifi.where()),
+                ssl=ssl.create_default_context(cafile=certifi.where()),
             )
             # httpx already adds its default headers and decodes Content-Encoding itself.
             self._session = aiohttp.ClientSession(
@@ -92,7 +91,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session_for_this_loop()
+        session = self._open_session()
         timeouts = request.extensions.get("timeout", {})
         connect, pool, read = timeouts.get("connect"), timeouts.get("pool"), timeouts.get("read")
         timeout = aiohttp.ClientTimeout(
