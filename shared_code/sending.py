@@ -22,10 +22,12 @@ import asyncio
 import enum
 import logging
 import random
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import msgspec
 
+from shared_code.batching import BatchingQueue
 from shared_code.bus.port import MessageBus, OutgoingMessage
 from shared_code.db import outbound
 from shared_code.db.pool import Pool
@@ -127,6 +129,16 @@ class OutboundSender:
         self._graph = graph
         self._limiter = limiter
         self._policy = policy or RetryPolicy()
+        # Concurrent sends of this worker share these two statements (each its own commit
+        # otherwise): under load a send costs ~2.5 round trips instead of 4. One batch in
+        # flight at a time, so they form as soon as two sends meet; an idle worker still runs
+        # a lone send's statement at once.
+        self._attempts: BatchingQueue[int, int] = BatchingQueue(
+            self._begin_attempts, max_in_flight=1, name="begin-attempt"
+        )
+        self._sends: BatchingQueue[tuple[int, str], None] = BatchingQueue(
+            self._record_sends, max_in_flight=1, name="record-sent"
+        )
 
     async def handle(self, body: bytes) -> SendOutcome:
         try:
@@ -222,8 +234,9 @@ class OutboundSender:
         return False
 
     async def _send(self, row: outbound.OutboundRow) -> SendOutcome:
-        async with self._pool.connection() as conn:
-            attempt = await outbound.begin_attempt(conn, row.id)
+        # Committed before the request leaves: a send that then times out is known to be
+        # possibly delivered, so it waits for a status instead of being sent twice.
+        attempt = await self._attempts.submit(row.id)
         body = dict(row.content)
         body["biz_opaque_callback_data"] = outbound.callback_data_for(row.id)
         try:
@@ -258,9 +271,17 @@ class OutboundSender:
                 )
             logger.warning("outbound message %d failed permanently (code %s)", row.id, error.code)
             return SendOutcome.FAILED
-        async with self._pool.connection() as conn:
-            await outbound.record_sent(conn, row.id, sent.wamid)
+        await self._sends.submit((row.id, sent.wamid))
         return SendOutcome.SENT
+
+    async def _begin_attempts(self, outbound_ids: Sequence[int]) -> list[int]:
+        async with self._pool.connection() as conn:
+            return await outbound.begin_attempts(conn, outbound_ids)
+
+    async def _record_sends(self, sends: Sequence[tuple[int, str]]) -> list[None]:
+        async with self._pool.connection() as conn:
+            await outbound.record_sends(conn, sends)
+        return [None] * len(sends)
 
     async def _retry_later(
         self, row: outbound.OutboundRow, attempt: int, error: GraphApiError, delay: float

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,7 +20,7 @@ __all__ = [
     "NewOutbound",
     "OutboundRow",
     "adopt_wamid",
-    "begin_attempt",
+    "begin_attempts",
     "callback_data_for",
     "find_by_idempotency_key",
     "insert_outbound",
@@ -28,7 +28,7 @@ __all__ = [
     "outbound_id_from_callback",
     "record_failed",
     "record_requeue",
-    "record_sent",
+    "record_sends",
     "wamid_reported_for",
 ]
 
@@ -208,42 +208,51 @@ async def load_outbound(
 _DECISION_COLUMNS = ("allowed", "retry_after", "refused_by", "decided_at")
 
 
-async def begin_attempt(conn: Connection, outbound_id: int) -> int:
-    """Record that a request is about to leave; returns the attempt number."""
+async def begin_attempts(conn: Connection, outbound_ids: Sequence[int]) -> list[int]:
+    """Record that a request is about to leave for each row (the rows of several concurrent
+    sends share the statement and its synchronous commit); returns each row's attempt number,
+    in the order given."""
     cursor = await conn.execute(
         """
-        UPDATE whatsapp_messages
-        SET send_attempts = send_attempts + 1, send_started_at = clock_timestamp(),
+        UPDATE whatsapp_messages m
+        SET send_attempts = m.send_attempts + 1, send_started_at = clock_timestamp(),
             updated_at = now()
-        WHERE id = %s
-        RETURNING send_attempts
+        FROM unnest(%s::bigint[]) AS b (id)
+        WHERE m.id = b.id
+        RETURNING m.id, m.send_attempts
         """,
-        (outbound_id,),
+        (list(outbound_ids),),
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
+    attempts = {int(row_id): int(attempt) for row_id, attempt in await cursor.fetchall()}
+    missing = [row_id for row_id in outbound_ids if row_id not in attempts]
+    if missing:
+        # Rows are never deleted: a missing one is a caller's bug, not a state to carry on from.
+        raise LookupError(f"no outbound message with id {missing[0]}")
+    return [attempts[row_id] for row_id in outbound_ids]
 
 
-async def record_sent(conn: Connection, outbound_id: int, wamid: str) -> None:
+async def record_sends(conn: Connection, sends: Sequence[tuple[int, str]]) -> None:
+    """Record the wamids Meta returned, as (row id, wamid) pairs, in one statement."""
     cursor = await conn.execute(
         """
-        UPDATE whatsapp_messages
-        SET wamid = %s,
-            status = CASE WHEN whatsapp_status_rank(status) < whatsapp_status_rank('sent')
-                          THEN 'sent' ELSE status END,
-            sent_at = COALESCE(sent_at, clock_timestamp()),
+        UPDATE whatsapp_messages m
+        SET wamid = s.wamid,
+            status = CASE WHEN whatsapp_status_rank(m.status) < whatsapp_status_rank('sent')
+                          THEN 'sent' ELSE m.status END,
+            sent_at = COALESCE(m.sent_at, clock_timestamp()),
             send_started_at = NULL, next_attempt_at = NULL,
             error_code = NULL, error_title = NULL, error_details = NULL, updated_at = now()
-        WHERE id = %s AND wamid IS NULL
-        RETURNING EXISTS (SELECT 1 FROM whatsapp_message_statuses WHERE wamid = %s)
+        FROM unnest(%s::bigint[], %s::text[]) AS s (id, wamid)
+        WHERE m.id = s.id AND m.wamid IS NULL
+        RETURNING s.wamid,
+                  EXISTS (SELECT 1 FROM whatsapp_message_statuses h WHERE h.wamid = s.wamid)
         """,
-        (wamid, outbound_id, wamid),
+        ([row_id for row_id, _ in sends], [wamid for _, wamid in sends]),
     )
-    early_statuses = await cursor.fetchone()
-    if early_statuses is not None and early_statuses[0]:
-        # Status webhooks that arrived before the wamid was known wait in the history.
-        await fold_statuses(conn, wamid)
+    for wamid, early_statuses in await cursor.fetchall():
+        if early_statuses:
+            # Status webhooks that arrived before the wamid was known wait in the history.
+            await fold_statuses(conn, wamid)
 
 
 async def adopt_wamid(conn: Connection, outbound_id: int, wamid: str) -> bool:

@@ -3,6 +3,7 @@ HTTP boundary (httpx.MockTransport): once, in order, back-off as scheduled messa
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from shared_code.bus.local_queue import LocalQueue
-from shared_code.db import conversations, outbound
+from shared_code.db import conversations, outbound, statuses
 from shared_code.db.pool import Pool
 from shared_code.ratelimit import RateLimiter, RateLimitPolicy, RateLimits
 from shared_code.retry_policy import RetryPolicy
@@ -100,7 +101,7 @@ def make_sender(
     )
 
 
-async def new_reply(pool: Pool, text: str = "hi", key: str | None = None) -> int:
+async def new_reply(pool: Pool, text: str = "hi", key: str | None = None, user: str = USER) -> int:
     """An inbound message (so contact and conversation exist) and an outbound reply row."""
     wamid = f"wamid.in.{key or text}"
     async with pool.connection() as conn, conn.transaction():
@@ -109,7 +110,7 @@ async def new_reply(pool: Pool, text: str = "hi", key: str | None = None) -> int
             conversations.InboundMessageRow(
                 wamid=wamid,
                 phone_number_id=PHONE_NUMBER_ID,
-                contact_wa_id=USER,
+                contact_wa_id=user,
                 profile_name="Ana",
                 message_type="text",
                 text_body="question",
@@ -128,13 +129,13 @@ async def new_reply(pool: Pool, text: str = "hi", key: str | None = None) -> int
             outbound.NewOutbound(
                 conversation_id=conversation_id,
                 phone_number_id=PHONE_NUMBER_ID,
-                contact_wa_id=USER,
+                contact_wa_id=user,
                 message_type="text",
                 text_body=text,
                 content={
                     "messaging_product": "whatsapp",
                     "recipient_type": "individual",
-                    "to": USER,
+                    "to": user,
                     "type": "text",
                     "text": {"body": text},
                 },
@@ -449,3 +450,61 @@ async def test_loading_charges_nothing_when_the_named_user_is_not_the_rows(
         )
         assert decision is not None and decision.allowed
     assert 0.9 < await minute_tokens_used(pool, limits) < 1.5
+
+
+async def test_concurrent_sends_each_get_their_own_attempt_and_wamid(
+    pool: Pool, local_queue: LocalQueue, graph: tuple[ScriptedGraph, GraphApiClient]
+) -> None:
+    # Concurrent sends share their begin-attempt and record-sent statements: each row must
+    # still get its own attempt count and the wamid Meta gave for its own request.
+    meta, client = graph
+    sender = make_sender(pool, local_queue, client)
+    users = [f"1555123{n:04d}" for n in range(8)]
+    rows = [await new_reply(pool, key=f"c{n}", user=user) for n, user in enumerate(users)]
+
+    outcomes = await asyncio.gather(
+        *(sender.handle(full_request_for(r, u)) for r, u in zip(rows, users, strict=True))
+    )
+
+    assert outcomes == [SendOutcome.SENT] * len(rows)
+    wamid_of_request = {
+        int(body["biz_opaque_callback_data"].removeprefix("outbound:")): f"wamid.auto{n}"
+        for n, body in enumerate(meta.requests, start=1)
+    }
+    for row_id in rows:
+        state = await row(pool, row_id)
+        assert state["wamid"] == wamid_of_request[row_id]
+        assert (state["status"], state["send_attempts"]) == ("sent", 1)
+        assert state["send_started_at"] is None
+
+
+async def test_batched_attempts_and_sends_keep_each_row_apart(pool: Pool) -> None:
+    first, second, third = [
+        await new_reply(pool, key=f"b{n}", user=f"1555987{n:04d}") for n in range(3)
+    ]
+    async with pool.connection() as conn:
+        assert await outbound.begin_attempts(conn, [third, first]) == [1, 1]
+        assert await outbound.begin_attempts(conn, [first, second]) == [2, 1]
+        with pytest.raises(LookupError):
+            await outbound.begin_attempts(conn, [first, 999_999_999])
+        # A "delivered" that beat the send's own record waits in the history...
+        await statuses.record_status(
+            conn,
+            statuses.StatusRow(
+                wamid="wamid.second",
+                status="delivered",
+                status_timestamp=datetime.now(UTC),
+                recipient_id=USER,
+                error_code=None,
+                error_title=None,
+                error_details=None,
+                biz_opaque_callback_data=None,
+                payload={},
+            ),
+        )
+        await outbound.record_sends(conn, [(first, "wamid.first"), (second, "wamid.second")])
+        # ...and a row that already has its wamid keeps it.
+        await outbound.record_sends(conn, [(first, "wamid.other"), (third, "wamid.third")])
+    assert (await row(pool, first))["wamid"] == "wamid.first"
+    assert (await row(pool, second))["status"] == "delivered"
+    assert [(await row(pool, r))["status"] for r in (first, third)] == ["sent", "sent"]
