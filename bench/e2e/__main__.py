@@ -38,6 +38,7 @@ import httpx
 
 from bench.cpu import CpuWindow, describe, is_postgres
 from bench.ingest.__main__ import free_port, peak_rss_mb
+from bench.sender.__main__ import analyze_like_autovacuum
 from shared_code.http_transport import async_client
 
 QUEUE_FUNCTIONS = ("processor_handle_event", "sender_send_message", "maintenance_outbox_sweep")
@@ -162,6 +163,7 @@ def main() -> int:
         # prepared statements grow to that load, as on a host that has been serving it.
         asyncio.run(drive(simulator_url, rate=5, duration=1))
         asyncio.run(drive(simulator_url, rate=args.rate, duration=_WARM_UP_SECONDS, first=10**6))
+        analyze_like_autovacuum(env["DATABASE_URL"])
         time.sleep(3)
         httpx.post(f"{simulator_url}/simulator/reset")
         if args.no_status_webhooks:

@@ -186,7 +186,7 @@ def analyze_like_autovacuum(database_url: str) -> None:
     backlog (~50 ms instead of ~2) and session lookups scanned every held session (~3 ms per
     complete instead of ~0.8). Cached plans are re-made after it."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("ANALYZE local_bus_messages, local_bus_sessions, whatsapp_messages")
+        conn.execute("ANALYZE")
 
 
 def run_cap(cap: float, args: argparse.Namespace, database_url: str, work: Path) -> dict[str, Any]:
