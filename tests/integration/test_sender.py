@@ -15,7 +15,7 @@ import pytest
 from shared_code.bus.local_queue import LocalQueue
 from shared_code.db import conversations, outbound, statuses
 from shared_code.db.pool import Pool
-from shared_code.ratelimit import RateLimiter, RateLimitPolicy, RateLimits
+from shared_code.ratelimit import Decision, RateLimiter, RateLimitPolicy, RateLimits
 from shared_code.retry_policy import RetryPolicy
 from shared_code.secrets import Secret
 from shared_code.sending import (
@@ -508,3 +508,41 @@ async def test_batched_attempts_and_sends_keep_each_row_apart(pool: Pool) -> Non
     assert (await row(pool, first))["wamid"] == "wamid.first"
     assert (await row(pool, second))["status"] == "delivered"
     assert [(await row(pool, r))["status"] for r in (first, third)] == ["sent", "sent"]
+
+
+class CountingLimiter(RateLimiter):
+    """The real limiter, counting the database calls the sender makes outside a row's load."""
+
+    calls = 0
+
+    async def acquire(self, phone_number_id: str, recipient: str) -> Decision:
+        self.calls += 1
+        return await super().acquire(phone_number_id, recipient)
+
+
+async def test_sends_waiting_for_a_numbers_slot_ask_one_at_a_time(
+    pool: Pool, local_queue: LocalQueue, graph: tuple[ScriptedGraph, GraphApiClient]
+) -> None:
+    # 20/s: a slot every 50 ms and a burst of 2, so 12 sends at once mostly wait their turn.
+    meta, client = graph
+    limiter = CountingLimiter(pool, RateLimitPolicy(default=RateLimits(per_second=20)))
+    sender = OutboundSender(
+        pool=pool,
+        bus=local_queue,
+        queue=QUEUE,
+        graph=client,
+        limiter=limiter,
+        policy=RetryPolicy(max_pacing_seconds=1.0),
+    )
+    users = [f"1555777{n:04d}" for n in range(12)]
+    rows = [await new_reply(pool, key=f"p{n}", user=user) for n, user in enumerate(users)]
+
+    outcomes = await asyncio.gather(
+        *(sender.handle(full_request_for(r, u)) for r, u in zip(rows, users, strict=True))
+    )
+
+    assert outcomes == [SendOutcome.SENT] * len(rows)
+    assert len(meta.requests) == len(rows)
+    # One waiter asks at a time, mostly once per slot; when every waiter polled on its own,
+    # all of them woke for each freed slot (here ~10 + 9 + ... + 1 = 55 calls).
+    assert limiter.calls <= 2 * len(rows)
