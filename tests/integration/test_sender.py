@@ -89,6 +89,7 @@ def make_sender(
     client: GraphApiClient,
     *,
     limits: RateLimits | None = None,
+    limiter: RateLimiter | None = None,
     policy: RetryPolicy | None = None,
 ) -> OutboundSender:
     return OutboundSender(
@@ -96,7 +97,7 @@ def make_sender(
         bus=bus,
         queue=QUEUE,
         graph=client,
-        limiter=RateLimiter(pool, RateLimitPolicy(default=limits or RateLimits())),
+        limiter=limiter or RateLimiter(pool, RateLimitPolicy(default=limits or RateLimits())),
         policy=policy or RetryPolicy(backoff_base_seconds=1.0, confirmation_wait_seconds=30.0),
     )
 
@@ -526,13 +527,8 @@ async def test_sends_waiting_for_a_numbers_slot_ask_one_at_a_time(
     # 20/s: a slot every 50 ms and a burst of 2, so 12 sends at once mostly wait their turn.
     meta, client = graph
     limiter = CountingLimiter(pool, RateLimitPolicy(default=RateLimits(per_second=20)))
-    sender = OutboundSender(
-        pool=pool,
-        bus=local_queue,
-        queue=QUEUE,
-        graph=client,
-        limiter=limiter,
-        policy=RetryPolicy(max_pacing_seconds=1.0),
+    sender = make_sender(
+        pool, local_queue, client, limiter=limiter, policy=RetryPolicy(max_pacing_seconds=1.0)
     )
     users = [f"1555777{n:04d}" for n in range(12)]
     rows = [await new_reply(pool, key=f"p{n}", user=user) for n, user in enumerate(users)]
