@@ -17,6 +17,7 @@ from shared_code.bus.port import MessageBus
 from shared_code.config import Settings, load_settings
 from shared_code.db.migrations import apply_migrations
 from shared_code.db.pool import Pool, open_pool
+from shared_code.heap import freeze_startup_heap
 from shared_code.orchestrator.agents import TextReply, build_agents
 from shared_code.orchestrator.orchestrator import Orchestrator
 from shared_code.processing import EventProcessor
@@ -63,6 +64,7 @@ async def get_services() -> Services:
     async with _lock:
         if _services is None:
             _services = await build_services(load_settings())
+            freeze_startup_heap()
     return _services
 
 

@@ -89,6 +89,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--split-hosts", action="store_true")
     parser.add_argument("--no-status-webhooks", action="store_true")
+    parser.add_argument(
+        "--slice-seconds", type=int, default=5, help="width of the p99-by-start-time slices"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     env = dict(os.environ)
@@ -212,12 +215,12 @@ def main() -> int:
     begin = min(started.values())
     slices: dict[int, list[float]] = {}
     for user, sent_at in replied.items():
-        slice_start = int((started[user] - begin) // _SLICE_SECONDS) * _SLICE_SECONDS
+        slice_start = int((started[user] - begin) // args.slice_seconds) * args.slice_seconds
         slices.setdefault(slice_start, []).append((sent_at - started[user]) * 1000)
     print(
         "p99 by start time: "
         + ", ".join(
-            f"{start}-{start + _SLICE_SECONDS} s {_p99(values):.0f} ms"
+            f"{start}-{start + args.slice_seconds} s {_p99(values):.0f} ms"
             for start, values in sorted(slices.items())
         )
     )
@@ -230,7 +233,6 @@ def main() -> int:
     return 0
 
 
-_SLICE_SECONDS = 5
 _WARM_UP_SECONDS = 3.0
 
 

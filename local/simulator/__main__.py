@@ -25,6 +25,7 @@ from local.simulator.config import (
     FaultConfig,
     SimulatorConfig,
 )
+from shared_code.heap import freeze_startup_heap
 
 logger = logging.getLogger("local.simulator")
 
@@ -141,6 +142,7 @@ async def _serve(config: SimulatorConfig, host: str, port: int) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    freeze_startup_heap()
     numbers = ", ".join(config.phone_number_ids)
     sys.stdout.write(
         f"WhatsApp Cloud API simulator on {base_url} (phone number ids: {numbers}; "
