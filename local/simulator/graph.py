@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import msgspec
 
 from local.meta_schema import validate_mark_read_request, validate_message_request
@@ -45,7 +44,7 @@ from local.simulator.records import (
     new_media_id,
     new_wamid,
 )
-from local.simulator.webhooks import WebhookDispatcher, envelope
+from local.simulator.webhooks import WebhookDispatcher, WebhookPostError, envelope
 
 __all__ = ["Answer", "CloudApi", "UserMessage"]
 
@@ -443,9 +442,9 @@ class CloudApi:
             return InboundResult(wamid=wamid, webhook_status=None, error="no webhook URL set")
         try:
             status = await self.webhooks.post_now(body)
-        except httpx.HTTPError as error:
+        except WebhookPostError as error:
             self.stats.webhook_post_failures += 1
-            return InboundResult(wamid=wamid, webhook_status=None, error=type(error).__name__)
+            return InboundResult(wamid=wamid, webhook_status=None, error=error.reason)
         return InboundResult(wamid=wamid, webhook_status=status)
 
     def _new_user_image(self, image: Mapping[str, str]) -> dict[str, Any]:

@@ -706,6 +706,30 @@ async def test_user_message_without_a_reachable_app_reports_why(start_simulator:
     assert (await sim.send(text_message())).status_code == 200
 
 
+async def test_user_message_to_an_app_that_never_answers_reports_a_timeout(
+    start_simulator: Start,
+) -> None:
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(1)
+        writer.close()
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        sim = await start_simulator(
+            webhook_url=f"http://127.0.0.1:{port}/webhook", webhook_timeout_seconds=0.2
+        )
+        response = await sim.client.post(f"/simulator/users/{USER}/messages", json={"text": "hi"})
+    finally:
+        silent.close()
+
+    assert response.status_code == 200
+    assert response.json()["webhook_status"] is None
+    assert response.json()["error"] == "Timeout"
+    assert sim.simulator.stats()["webhook_post_failures"] == 1
+
+
 async def test_stop_cancels_pending_webhooks(
     start_simulator: Start, receiver: WebhookReceiver
 ) -> None:
