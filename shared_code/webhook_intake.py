@@ -5,11 +5,16 @@ The answer codes are what Meta's retry logic needs:
 - 200 once the raw body is committed, whatever its content (an unreadable but signed body is
   stored with a reason: answering an error would make Meta retry it for days);
 - 503 when the body could not be stored, so Meta delivers it again later.
-Publishing happens after the body is safely stored, and after the answer: Meta waits only for
-the insert. When the broker refuses, or the instance stops before publishing, the event stays
-``pending`` and the outbox sweeper (:mod:`shared_code.outbox`) publishes it later. At most
-``max_publishes_in_flight`` publishes run at once; a stored batch waits for a free slot before it
-is answered, so a slow broker slows the answers instead of piling up work in memory.
+Forwarding happens after the body is safely stored, and after the answer: Meta waits only for
+the insert. Messages are published to the queue; delivery statuses are applied here and now
+(:class:`shared_code.processing.StatusRecorder`): they need no order and no agent, applying one
+is one statement, and they are three in four of all events, so queuing them cost more than the
+messages and replies together. When the broker refuses, applying a status fails, or the
+instance stops before forwarding, the event stays ``pending`` and the outbox sweeper
+(:mod:`shared_code.outbox`) queues all of it later (the processor then applies its statuses;
+both steps are idempotent). At most ``max_publishes_in_flight`` forwards run at once; a stored
+batch waits for a free slot before it is answered, so a slow broker slows the answers instead of
+piling up work in memory.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from shared_code.batching import BatchingQueue
 from shared_code.bus.port import MessageBus, OutgoingMessage
 from shared_code.db import webhook_events
 from shared_code.db.pool import Pool
+from shared_code.processing import StatusRecorder
+from shared_code.whatsapp.payloads import PayloadError, StatusEvent, event_from_envelope
 from shared_code.whatsapp.signature import verify_signature
-from shared_code.whatsapp.webhook import SplitResult, split_webhook
+from shared_code.whatsapp.webhook import SplitEvent, SplitResult, split_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +93,16 @@ def split_body(body: bytes) -> SplitResult:
     return split_webhook(payload)
 
 
-def bus_messages_for(event_id: int, split: SplitResult) -> list[OutgoingMessage]:
+def bus_messages_for(
+    event_id: int, split: SplitResult, *, only_messages: bool = False
+) -> list[OutgoingMessage]:
     messages = []
     for event in split.events:
-        envelope = dict(event.envelope)
-        envelope["webhook_event_id"] = event_id
+        if only_messages and event.kind != "message":
+            continue
         messages.append(
             OutgoingMessage(
-                body=_json_encoder.encode(envelope),
+                body=_json_encoder.encode(_envelope_of(event_id, event)),
                 message_id=event.message_id,
                 session_id=event.session_id,
                 subject=event.kind,
@@ -101,6 +110,12 @@ def bus_messages_for(event_id: int, split: SplitResult) -> list[OutgoingMessage]
             )
         )
     return messages
+
+
+def _envelope_of(event_id: int, event: SplitEvent) -> dict[str, object]:
+    envelope = dict(event.envelope)
+    envelope["webhook_event_id"] = event_id
+    return envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +133,7 @@ class WebhookIntake:
         bus: MessageBus,
         queue: str,
         app_secret: str,
+        statuses: StatusRecorder | None = None,
         max_batch: int = 256,
         max_publishes_in_flight: int = 4,
         mark_linger_seconds: float = 0.05,
@@ -126,6 +142,7 @@ class WebhookIntake:
         self._bus = bus
         self._queue = queue
         self._app_secret = app_secret
+        self._statuses = statuses or StatusRecorder(pool)
         self._batches: BatchingQueue[_Delivery, bool] = BatchingQueue(
             self._store_and_publish, max_batch=max_batch
         )
@@ -212,27 +229,67 @@ class WebhookIntake:
             self._publish_slots.release()
 
     async def _publish_stored(self, events: Sequence[tuple[int, SplitResult]]) -> None:
-        """Publish stored events and record the outcome; a failure leaves them for the sweeper."""
-        if not events:
-            return
-        event_ids = [event_id for event_id, _ in events]
-        try:
-            await publish_events(self._bus, self._queue, events)
-        except Exception as error:
-            logger.warning(
-                "publishing %d webhook events failed (%s); the outbox sweeper will retry",
-                len(event_ids),
-                type(error).__name__,
-            )
+        """Publish the stored events' messages, apply their statuses, and record the outcome.
+
+        An event any part of which failed stays pending for the sweeper.
+        """
+        failures: dict[int, str] = {}
+        messages = [
+            m
+            for event_id, split in events
+            for m in bus_messages_for(event_id, split, only_messages=True)
+        ]
+        if messages:
+            try:
+                await self._bus.publish(self._queue, messages)
+            except Exception as error:
+                with_messages = [
+                    event_id
+                    for event_id, split in events
+                    if any(event.kind == "message" for event in split.events)
+                ]
+                logger.warning(
+                    "publishing the messages of %d webhook events failed (%s); the outbox "
+                    "sweeper will retry",
+                    len(with_messages),
+                    type(error).__name__,
+                )
+                failures.update(dict.fromkeys(with_messages, type(error).__name__))
+        for event_id, split in events:
+            for event in split.events:
+                if event.kind == "status" and not await self._apply_status(event_id, event):
+                    failures[event_id] = "status not applied"
+        if failures:
             try:
                 async with self._pool.connection() as conn:
-                    await webhook_events.record_publish_failure(
-                        conn, event_ids, type(error).__name__
-                    )
+                    for reason in set(failures.values()):
+                        await webhook_events.record_publish_failure(
+                            conn, [i for i, r in failures.items() if r == reason], reason
+                        )
             except Exception:
-                logger.exception("could not record the publish failure")
-            return
-        self._marks.enqueue(event_ids)
+                logger.exception("could not record the forwarding failure")
+        forwarded = [event_id for event_id, _ in events if event_id not in failures]
+        if forwarded:
+            self._marks.enqueue(forwarded)
+
+    async def _apply_status(self, event_id: int, event: SplitEvent) -> bool:
+        """False when the status could not be applied now (the sweeper will queue it)."""
+        try:
+            status = event_from_envelope(_envelope_of(event_id, event))
+        except PayloadError as error:
+            # As the processor would: stored with its webhook, logged, not retried.
+            logger.warning("status event dropped, unreadable: %s", error)
+            return True
+        assert isinstance(status, StatusEvent)  # the split made it from a "statuses" item
+        try:
+            await self._statuses.apply(status)
+        except Exception as error:
+            logger.warning(
+                "applying a status failed (%s); the outbox sweeper will queue it",
+                type(error).__name__,
+            )
+            return False
+        return True
 
     async def _mark_published(self, batches: Sequence[Sequence[int]]) -> list[None]:
         async with self._pool.connection() as conn:

@@ -61,6 +61,7 @@ __all__ = [
     "Text",
     "decode_event",
     "encode_event",
+    "event_from_envelope",
     "parse_contact",
     "parse_inbound_message",
     "parse_status",
@@ -517,6 +518,11 @@ def decode_event(body: bytes) -> MessageEvent | StatusEvent:
         data = _json_decoder.decode(body)
     except msgspec.DecodeError:
         raise PayloadError("event body is not valid JSON") from None
+    return event_from_envelope(data)
+
+
+def event_from_envelope(data: object) -> MessageEvent | StatusEvent:
+    """Decode an envelope already parsed from JSON (the intake's own, before it is queued)."""
     if not isinstance(data, dict):
         raise PayloadError(f"event body is a JSON {_json_type(data)}, not an object")
     try:

@@ -7,13 +7,16 @@ import json
 from collections.abc import Sequence
 
 import pytest
+from psycopg import OperationalError
 
 from scripts.send_sample_webhook import status_webhook, text_message_webhook
 from shared_code.bus.local_queue import LocalQueue
 from shared_code.bus.port import OutgoingMessage, PublishError
 from shared_code.db.pool import Pool
 from shared_code.outbox import sweep_outbox
+from shared_code.processing import EventProcessor, Outcome, StatusRecorder
 from shared_code.webhook_intake import WebhookIntake, answer_verification
+from shared_code.whatsapp.payloads import StatusEvent
 from shared_code.whatsapp.signature import sign
 
 pytestmark = pytest.mark.integration
@@ -266,35 +269,106 @@ async def test_storage_failure_answers_503_so_meta_retries(
     assert (await intake(pool, local_queue).receive(body, signature)).status_code == 200
 
 
+def sample_status(wamid: str = "wamid.OUT1", status: str = "delivered") -> dict[str, object]:
+    return status_webhook(
+        phone_number_id="100000000000001",
+        waba_id="200000000000001",
+        recipient="15551230002",
+        wamid=wamid,
+        status=status,
+    )
+
+
+class FailingStatusRecorder(StatusRecorder):
+    """The database refuses status writes (the webhook rows still go in)."""
+
+    async def apply(self, event: StatusEvent) -> Outcome:
+        raise OperationalError("statuses table unavailable")
+
+
+async def status_history(pool: Pool) -> list[tuple[str, str]]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT wamid, status FROM whatsapp_message_statuses ORDER BY received_at"
+        )
+        return await cursor.fetchall()
+
+
+async def test_a_status_is_applied_by_the_intake_itself_and_never_queued(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    service = intake(pool, local_queue)
+    for status, timestamp in (
+        ("sent", "1700000000"),
+        ("delivered", "1700000001"),
+        ("delivered", "1700000002"),
+    ):
+        payload = sample_status(status=status)
+        payload["entry"][0]["changes"][0]["value"]["statuses"][0]["timestamp"] = timestamp  # type: ignore[index]
+        body, signature = signed(payload)
+        assert (await service.receive(body, signature)).status_code == 200
+    await service.drain()
+    assert [row[0] for row in await event_rows(pool)] == ["published", "published", "published"]
+    # Two distinct bodies of the same (wamid, status) are one history row.
+    assert await status_history(pool) == [("wamid.OUT1", "sent"), ("wamid.OUT1", "delivered")]
+    assert await local_queue.count_active(QUEUE) == 0
+
+
 async def test_publish_failure_keeps_the_event_pending_for_the_sweeper(
     pool: Pool, local_queue: LocalQueue
 ) -> None:
     refusing = RefusingBus()
     first, first_signature = signed(sample_text(sender="15551230001"))
-    second, second_signature = signed(
-        status_webhook(
-            phone_number_id="100000000000001",
-            waba_id="200000000000001",
-            recipient="15551230002",
-            wamid="wamid.OUT1",
-            status="delivered",
-        )
-    )
+    second, second_signature = signed(sample_status())
     service = intake(pool, refusing)
     assert (await service.receive(first, first_signature)).status_code == 200
     assert (await service.receive(second, second_signature)).status_code == 200
     await service.drain()
-    assert [row[0] for row in await event_rows(pool)] == ["pending", "pending"]
+    # The status needed no broker; the message waits for the sweeper.
+    assert [row[0] for row in await event_rows(pool)] == ["pending", "published"]
+    assert await status_history(pool) == [("wamid.OUT1", "delivered")]
 
     report = await sweep_outbox(pool, refusing, QUEUE, min_age_seconds=0)
-    assert report.failed == 2 and report.published == 0
+    assert report.failed == 1 and report.published == 0
 
     report = await sweep_outbox(pool, local_queue, QUEUE, min_age_seconds=0)
-    assert report.published == 2
+    assert report.published == 1
     assert [row[0] for row in await event_rows(pool)] == ["published", "published"]
-    assert await local_queue.count_active(QUEUE) == 2
+    assert await local_queue.count_active(QUEUE) == 1
     # Sweeping again finds nothing, and a republish of the same ids is deduplicated.
     assert (await sweep_outbox(pool, local_queue, QUEUE, min_age_seconds=0)).published == 0
+
+
+async def test_a_status_the_intake_could_not_apply_is_queued_by_the_sweeper(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    service = WebhookIntake(
+        pool=pool,
+        bus=local_queue,
+        queue=QUEUE,
+        app_secret=SECRET,
+        statuses=FailingStatusRecorder(pool),
+    )
+    body, signature = signed(sample_status())
+    assert (await service.receive(body, signature)).status_code == 200
+    await service.drain()
+    assert [row[:1] for row in await event_rows(pool)] == [("pending",)]
+    assert await status_history(pool) == []
+
+    assert (await sweep_outbox(pool, local_queue, QUEUE, min_age_seconds=0)).published == 1
+    session = await local_queue.accept_next_session(QUEUE)
+    assert session is not None
+    message = await session.receive()
+    assert message is not None and message.subject == "status"
+    # The processor applies it as the intake would have: no message has that wamid yet.
+    outcome = await EventProcessor(pool, NoRouting()).handle(message.body)
+    assert outcome is Outcome.STATUS_PENDING
+    assert await status_history(pool) == [("wamid.OUT1", "delivered")]
+
+
+class NoRouting:
+    async def route(self, message: object) -> None:
+        raise AssertionError("a status is never routed")
 
 
 async def test_the_sweeper_leaves_young_pending_events_to_their_own_request(
