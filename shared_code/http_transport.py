@@ -101,10 +101,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             sock_read=read,
         )
         body = await request.aread()
+        # The raw pairs: ``multi_items()`` re-detects the headers' encoding for every item.
         headers = [
-            (name, value)
-            for name, value in request.headers.multi_items()
-            if name.lower() not in ("host", "transfer-encoding")
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in request.headers.raw
+            if name.lower() not in (b"host", b"transfer-encoding")
         ]
         with _httpx_errors(request):
             response = await session.request(
@@ -129,10 +130,30 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing: APIs called with a bearer token have no use for cookies, and
+    httpx otherwise builds urllib request and response copies to extract them from every
+    response (~5 % of a sender's CPU)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _CookielessClient(httpx.AsyncClient):
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        if cookies:
+            raise ValueError("this client keeps no cookies")
+
+
 def async_client(
     *, timeout: httpx.Timeout, limits: httpx.Limits, headers: Mapping[str, str] | None = None
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` whose connections are aiohttp's."""
-    return httpx.AsyncClient(
+    """An ``httpx.AsyncClient`` whose connections are aiohttp's, and which keeps no cookies."""
+    return _CookielessClient(
         timeout=timeout, headers=headers, transport=AiohttpTransport(limits=limits)
     )

@@ -128,6 +128,8 @@ class _MediaResponse(msgspec.Struct):
 _decode_send_response = msgspec.json.Decoder(_SendResponse).decode
 _decode_media_response = msgspec.json.Decoder(_MediaResponse, strict=False).decode
 _encode_json = msgspec.json.Encoder().encode
+# Business numbers a client keeps a parsed messages URL for (one app has a handful).
+_MAX_CACHED_URLS = 64
 
 
 class GraphApiClient:
@@ -157,6 +159,7 @@ class GraphApiClient:
         self._http = http if http is not None else async_client(timeout=timeout, limits=limits)
         self._retry_attempts = retry_attempts
         self._retry_wait = retry_wait
+        self._messages_urls: dict[str, httpx.URL] = {}
 
     @classmethod
     def from_settings(
@@ -395,9 +398,17 @@ class GraphApiClient:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    def _messages_url(self, phone_number_id: str | None) -> str:
-        sender = _path_segment(phone_number_id or self._phone_number_id)
-        return f"{self._base_url}/{self._api_version}/{sender}/messages"
+    def _messages_url(self, phone_number_id: str | None) -> httpx.URL:
+        # Parsed once per number: httpx checks every character of a URL given as a string.
+        sender = phone_number_id or self._phone_number_id
+        url = self._messages_urls.get(sender)
+        if url is None:
+            url = httpx.URL(
+                f"{self._base_url}/{self._api_version}/{_path_segment(sender)}/messages"
+            )
+            if len(self._messages_urls) < _MAX_CACHED_URLS:
+                self._messages_urls[sender] = url
+        return url
 
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._access_token.reveal()}"}
@@ -405,7 +416,7 @@ class GraphApiClient:
     async def _request(
         self,
         method: str,
-        url: str,
+        url: httpx.URL | str,
         *,
         operation: str,
         json_body: Mapping[str, Any] | None = None,

@@ -108,6 +108,28 @@ async def test_a_request_and_its_answer_pass_through_whole_on_one_kept_alive_con
     assert head.count(b"host:") == 1
 
 
+async def test_cookies_set_by_the_server_are_never_sent_back(
+    serve: Callable[[Behaviour], Awaitable[Server]],
+) -> None:
+    async def set_cookie(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            server.requests.append(await read_request(reader))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\nContent-Length: 2\r\n\r\n{}"
+            )
+            await writer.drain()
+
+    server = await serve(set_cookie)
+    async with client() as http:
+        for _ in range(2):
+            response = await http.get(server.url + "/v21.0/media")
+            assert response.headers["set-cookie"] == "session=abc; Path=/"
+        assert not http.cookies
+        with pytest.raises(ValueError, match="no cookies"):
+            http.cookies = {"session": "abc"}
+    assert [b"cookie:" in head.lower() for head, _ in server.requests] == [False, False]
+
+
 async def test_a_streamed_answer_arrives_in_pieces_and_can_be_abandoned(
     serve: Callable[[Behaviour], Awaitable[Server]],
 ) -> None:
