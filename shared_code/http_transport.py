@@ -138,11 +138,22 @@ class _NoCookies(httpx.Cookies):
     def extract_cookies(self, response: httpx.Response) -> None:
         return None
 
+    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
+        raise ValueError("this client keeps no cookies")
+
+    def update(self, cookies: object = None) -> None:  # type: ignore[override]  # as httpx.Cookies
+        if cookies:
+            raise ValueError("this client keeps no cookies")
+
+
+# One for every client: nothing can be put in it.
+_NO_COOKIES = _NoCookies()
+
 
 class _CookielessClient(httpx.AsyncClient):
     @property
     def cookies(self) -> httpx.Cookies:
-        return _NoCookies()
+        return _NO_COOKIES
 
     @cookies.setter
     def cookies(self, cookies: object) -> None:

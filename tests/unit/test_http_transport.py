@@ -127,6 +127,8 @@ async def test_cookies_set_by_the_server_are_never_sent_back(
         assert not http.cookies
         with pytest.raises(ValueError, match="no cookies"):
             http.cookies = {"session": "abc"}
+        with pytest.raises(ValueError, match="no cookies"):
+            http.cookies.set("session", "abc")
     assert [b"cookie:" in head.lower() for head, _ in server.requests] == [False, False]
 
 
