@@ -224,11 +224,11 @@ class WebhookIntake:
 
     async def _publish_in_slot(self, events: Sequence[tuple[int, SplitResult]]) -> None:
         try:
-            await self._publish_stored(events)
+            await self._forward_stored(events)
         finally:
             self._publish_slots.release()
 
-    async def _publish_stored(self, events: Sequence[tuple[int, SplitResult]]) -> None:
+    async def _forward_stored(self, events: Sequence[tuple[int, SplitResult]]) -> None:
         """Publish the stored events' messages, apply their statuses, and record the outcome.
 
         An event any part of which failed stays pending for the sweeper.
@@ -280,7 +280,9 @@ class WebhookIntake:
             # As the processor would: stored with its webhook, logged, not retried.
             logger.warning("status event dropped, unreadable: %s", error)
             return True
-        assert isinstance(status, StatusEvent)  # the split made it from a "statuses" item
+        if not isinstance(status, StatusEvent):  # the split made it from a "statuses" item
+            logger.warning("a status event decoded as a message; the outbox sweeper will queue it")
+            return False
         try:
             await self._statuses.apply(status)
         except Exception as error:
