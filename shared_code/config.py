@@ -74,8 +74,8 @@ class Settings:
     database_url: Secret
     # Connections per worker process. Async code needs few, and each one is a PostgreSQL backend:
     # with 10 per process, bench/sender's 4 workers kept 40 backends taking turns (the pool hands
-    # out its least recently used connection) on a 2-core server and sent 88 to 99.9 % of a
-    # 1,000/s cap; with 4, 100.0 to 100.4 % in every run.
+    # out its least recently used connection) on a 2-core server and sent 72 to 100.3 % of a
+    # 1,000/s cap (8 of 13 runs under 98 %); with 4, 98.3 to 100.4 % in every run.
     database_pool_max_size: int = DEFAULT_DATABASE_POOL_MAX_SIZE
     key_vault_url: str | None = None
     bus_backend: BusBackend = "azure"
