@@ -234,20 +234,16 @@ class WebhookIntake:
         An event any part of which failed stays pending for the sweeper.
         """
         failures: dict[int, str] = {}
-        messages = [
-            m
+        messages_by_event = {
+            event_id: bus_messages_for(event_id, split, only_messages=True)
             for event_id, split in events
-            for m in bus_messages_for(event_id, split, only_messages=True)
-        ]
+        }
+        messages = [m for event_messages in messages_by_event.values() for m in event_messages]
         if messages:
             try:
                 await self._bus.publish(self._queue, messages)
             except Exception as error:
-                with_messages = [
-                    event_id
-                    for event_id, split in events
-                    if any(event.kind == "message" for event in split.events)
-                ]
+                with_messages = [event_id for event_id, ms in messages_by_event.items() if ms]
                 logger.warning(
                     "publishing the messages of %d webhook events failed (%s); the outbox "
                     "sweeper will retry",

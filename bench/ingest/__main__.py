@@ -27,6 +27,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -195,7 +196,8 @@ def main() -> int:
         )
         print(f"rows stored: {stored[0] if stored else 0}")
         if workers is None:
-            queued = queued_events(env["DATABASE_URL"])
+            with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+                queued = queued_events(conn)
             workers = start_queue_host()
             report_drain(env["DATABASE_URL"], queued)
         print(
@@ -211,12 +213,11 @@ def main() -> int:
     return 0
 
 
-def queued_events(database_url: str) -> int:
+def queued_events(conn: psycopg.Connection[Any]) -> int:
     """Events waiting on ``inbound-events``: the messages (the intake applied the statuses)."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM local_bus_messages WHERE queue = 'inbound-events'"
-        ).fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM local_bus_messages WHERE queue = 'inbound-events'"
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -225,10 +226,7 @@ def report_drain(database_url: str, queued: int, timeout_s: float = 600) -> None
     started = time.monotonic()
     with psycopg.connect(database_url, autocommit=True) as conn:
         while time.monotonic() - started < timeout_s:
-            row = conn.execute(
-                "SELECT count(*) FROM local_bus_messages WHERE queue = 'inbound-events'"
-            ).fetchone()
-            waiting = int(row[0]) if row else 0
+            waiting = queued_events(conn)
             if waiting == 0:
                 break
             time.sleep(0.2)
