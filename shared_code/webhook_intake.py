@@ -20,9 +20,11 @@ piling up work in memory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +35,7 @@ from shared_code.bus.port import MessageBus, OutgoingMessage
 from shared_code.db import webhook_events
 from shared_code.db.pool import Pool
 from shared_code.processing import StatusRecorder
+from shared_code.whatsapp.json_body import UnreadableBody, decode_json_body
 from shared_code.whatsapp.payloads import PayloadError, StatusEvent, event_from_envelope
 from shared_code.whatsapp.signature import verify_signature
 from shared_code.whatsapp.webhook import SplitEvent, SplitResult, split_webhook
@@ -51,7 +54,6 @@ __all__ = [
 
 MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
 
-_json_decoder = msgspec.json.Decoder()
 _json_encoder = msgspec.json.Encoder()
 
 
@@ -87,10 +89,11 @@ def split_body(body: bytes) -> SplitResult:
     if not body.strip():
         return SplitResult.invalid("empty body")
     try:
-        payload = _json_decoder.decode(body)
-    except msgspec.DecodeError:
-        return SplitResult.invalid("body is not valid JSON")
-    return split_webhook(payload)
+        decoded = decode_json_body(body)
+    except UnreadableBody as error:
+        return SplitResult.invalid(str(error))
+    split = split_webhook(decoded.payload)
+    return dataclasses.replace(split, repairs=decoded.repairs) if decoded.repairs else split
 
 
 def bus_messages_for(
@@ -179,8 +182,10 @@ class WebhookIntake:
 
     async def _store_and_publish(self, deliveries: Sequence[_Delivery]) -> list[bool]:
         unique: dict[bytes, _Delivery] = {}
+        copies: Counter[bytes] = Counter()
         for delivery in deliveries:
             unique.setdefault(delivery.sha256, delivery)
+            copies[delivery.sha256] += 1
         async with self._pool.connection() as conn:
             stored = await webhook_events.insert_events(
                 conn,
@@ -193,14 +198,15 @@ class WebhookIntake:
                         status=d.split.status,
                         reason=d.split.reason,
                         event_count=len(d.split.events),
+                        copies=copies[sha],
                     )
-                    for d in unique.values()
+                    for sha, d in unique.items()
                 ],
             )
         to_publish = [
             (stored[sha].id, d.split)
             for sha, d in unique.items()
-            if stored[sha].inserted and d.split.events
+            if stored[sha].inserted and stored[sha].status == "pending"
         ]
         if to_publish:
             await self._publish_slots.acquire()

@@ -26,11 +26,22 @@ async def webhook_receive(req: func.HttpRequest) -> func.HttpResponse:
     except Exception:
         # Meta retries a 503 later; a 500 would say the same but reads as our bug.
         logger.exception("webhook unavailable: services could not start")
-        return func.HttpResponse("service starting, retry later", status_code=503)
+        return func.HttpResponse(
+            "service starting, retry later",
+            status_code=503,
+            mimetype="text/plain",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
     if req.method == "GET":
         answer = answer_verification(
             req.params, services.settings.whatsapp_webhook_verify_token.reveal()
         )
     else:
         answer = await services.intake.receive(req.get_body(), req.headers.get(SIGNATURE_HEADER))
-    return func.HttpResponse(answer.body, status_code=answer.status_code, mimetype="text/plain")
+    return func.HttpResponse(
+        answer.body,
+        status_code=answer.status_code,
+        mimetype="text/plain",
+        # The GET echoes a caller's string: no browser may read it as anything but text.
+        headers={"X-Content-Type-Options": "nosniff"},
+    )

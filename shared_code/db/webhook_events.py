@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
+
+import psycopg
 
 from shared_code.db.pool import Connection
 
@@ -32,6 +35,9 @@ class NewWebhookEvent:
     status: EventStatus
     reason: str | None
     event_count: int
+    # How many times this body arrived in the batch being inserted (Meta's retries can meet in
+    # one batch): all but the first are duplicates.
+    copies: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,8 @@ class StoredWebhookEvent:
     id: int
     # False when the same body was already stored: Meta retried a delivery we had accepted.
     inserted: bool
+    # As stored: "invalid" also when PostgreSQL refused the parsed fields of a pending body.
+    status: EventStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,23 +62,60 @@ async def insert_events(
 ) -> dict[bytes, StoredWebhookEvent]:
     """Insert many events in one statement; a body seen before only counts as a duplicate.
 
-    Keyed by body hash. The caller passes each hash once: one INSERT ... ON CONFLICT DO UPDATE
-    cannot touch the same row twice.
+    Keyed by body hash. The caller passes each hash once (with its ``copies``): one
+    INSERT ... ON CONFLICT DO UPDATE cannot touch the same row twice.
     """
     if not events:
         return {}
+    try:
+        return await _insert(conn, events)
+    except _REFUSED_VALUES:
+        pass
+    # One value PostgreSQL refuses must not fail its neighbours (they would be answered 503
+    # and retried by Meta for days): insert them one at a time, and a refused one with its
+    # raw body alone, as invalid, so it is still stored and answered 200.
+    stored: dict[bytes, StoredWebhookEvent] = {}
+    for event in events:
+        try:
+            stored.update(await _insert(conn, [event]))
+        except _REFUSED_VALUES as error:
+            bare = dataclasses.replace(
+                event,
+                object=None,
+                fields=(),
+                status="invalid",
+                reason=f"parsed fields could not be stored ({_refusal(error)})",
+                event_count=0,
+            )
+            stored.update(await _insert(conn, [bare]))
+    return stored
+
+
+# PostgreSQL's data exceptions (class 22), and text psycopg cannot encode.
+_REFUSED_VALUES = (psycopg.DataError, UnicodeEncodeError)
+
+
+def _refusal(error: Exception) -> str:
+    sqlstate = getattr(error, "sqlstate", None)
+    return f"SQLSTATE {sqlstate}" if sqlstate else type(error).__name__
+
+
+async def _insert(
+    conn: Connection, events: Sequence[NewWebhookEvent]
+) -> dict[bytes, StoredWebhookEvent]:
     cursor = await conn.execute(
         """
         INSERT INTO whatsapp_webhook_events
-            (body, body_sha256, object, fields, status, reason, event_count)
+            (body, body_sha256, object, fields, status, reason, event_count, duplicate_count)
         SELECT body, sha, obj, COALESCE(string_to_array(NULLIF(flds, ''), ','), '{}'),
-               status, reason, n
+               status, reason, n, copies - 1
         FROM unnest(%s::bytea[], %s::bytea[], %s::text[], %s::text[], %s::text[], %s::text[],
-                    %s::int[]) AS t(body, sha, obj, flds, status, reason, n)
+                    %s::int[], %s::int[]) AS t(body, sha, obj, flds, status, reason, n, copies)
         ON CONFLICT (body_sha256) DO UPDATE
-            SET duplicate_count = whatsapp_webhook_events.duplicate_count + 1,
+            SET duplicate_count =
+                    whatsapp_webhook_events.duplicate_count + EXCLUDED.duplicate_count + 1,
                 last_received_at = now()
-        RETURNING id, body_sha256, (xmax = 0) AS inserted
+        RETURNING id, body_sha256, (xmax = 0) AS inserted, status
         """,
         (
             [e.body for e in events],
@@ -80,10 +125,13 @@ async def insert_events(
             [e.status for e in events],
             [e.reason for e in events],
             [e.event_count for e in events],
+            [e.copies for e in events],
         ),
     )
     rows = await cursor.fetchall()
-    return {bytes(sha): StoredWebhookEvent(id, inserted) for id, sha, inserted in rows}
+    return {
+        bytes(sha): StoredWebhookEvent(id, inserted, status) for id, sha, inserted, status in rows
+    }
 
 
 async def mark_published(conn: Connection, event_ids: Sequence[int]) -> None:

@@ -80,6 +80,9 @@ class SplitResult:
     usable_parts: int = 0
     # Set when the body as a whole was refused (not an object, wrong object, no entry list).
     rejection: str | None = None
+    # What the JSON decoding replaced to make the body storable (NUL, lone surrogates, bytes
+    # that are not UTF-8): the events carry the repaired text, the stored raw body the original.
+    repairs: tuple[str, ...] = ()
 
     @classmethod
     def invalid(cls, reason: str, *, object: str | None = None) -> SplitResult:
@@ -101,15 +104,16 @@ class SplitResult:
 
     @property
     def reason(self) -> str | None:
+        notes = [f"repaired: {', '.join(self.repairs)}"] if self.repairs else []
         if self.rejection is not None:
-            return self.rejection
-        if not self.is_whatsapp:
-            return "missing object"
-        if self.problems:
-            return _truncate("; ".join(self.problems), _MAX_REASON_LENGTH)
-        if not self.events:
-            return f"no messages or statuses (fields: {', '.join(self.fields) or 'none'})"
-        return None
+            notes.insert(0, self.rejection)
+        elif not self.is_whatsapp:
+            notes.insert(0, "missing object")
+        elif self.problems:
+            notes.extend(self.problems)
+        elif not self.events:
+            notes.insert(0, f"no messages or statuses (fields: {', '.join(self.fields) or 'none'})")
+        return _truncate("; ".join(notes), _MAX_REASON_LENGTH) if notes else None
 
 
 def split_webhook(payload: object) -> SplitResult:
