@@ -1,60 +1,195 @@
 """The outbox sweeper: publishes webhook events that were stored but never reached the bus.
 
-That happens when the broker refused the intake's publish, or the worker stopped between commit
-and publish. Bus message ids are stable (wamid, wamid:status), so a sweep that races a late
-publish only produces duplicates the broker drops.
+That happens when the broker refused the intake's publish, a status could not be applied, or the
+worker stopped between commit and publish. Bus message ids are stable (wamid, wamid:status), so a
+sweep that races a late publish only produces duplicates the broker drops.
+
+One poison event must not stop the others (issue 12: one failure used to fail the sweep's whole
+batch, every minute, while valid messages answered 200 were never processed). A batch the broker
+refuses is published again event by event, and an event's messages one by one, so the broker's
+refusal lands on what it refuses:
+
+- refused for good (:attr:`PublishError.permanent`: too large, a value the broker cannot store),
+  or refused while the broker accepted an event swept after it → the message is poison: recorded
+  in ``whatsapp_event_failures`` with the reason, its row marked ``failed`` (its other messages
+  are published), never retried;
+- refused like everything after it → the broker is down: the rows stay ``pending`` with the
+  reason, and the sweep stops until the next run instead of knocking on a closed door.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from shared_code.bus.port import MessageBus
-from shared_code.db import webhook_events
+from shared_code.bus.port import MessageBus, OutgoingMessage, PublishError
+from shared_code.db import event_failures, webhook_events
 from shared_code.db.pool import Pool
-from shared_code.webhook_intake import publish_events, split_body
+from shared_code.webhook_intake import bus_messages_for, split_body
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SweepReport", "sweep_outbox"]
 
+# Refusals in a row, with nothing accepted since, after which the broker is taken to be down.
+_REFUSALS_MEANING_DOWN = 3
+
 
 @dataclass(frozen=True, slots=True)
 class SweepReport:
     published: int
+    # Rows left pending for the next sweep (the broker refused them like everything else).
     failed: int
+    # Rows marked failed: some of their events are poison (see whatsapp_event_failures).
+    poisoned: int = 0
 
 
 async def sweep_outbox(
     pool: Pool, bus: MessageBus, queue: str, *, min_age_seconds: int, batch_size: int = 200
 ) -> SweepReport:
-    published = failed = 0
+    published = failed = poisoned = 0
+    last: webhook_events.PendingWebhookEvent | None = None
     while True:
         async with pool.connection() as conn, conn.transaction():
             pending = await webhook_events.claim_pending(
-                conn, min_age_seconds=min_age_seconds, limit=batch_size
+                conn, min_age_seconds=min_age_seconds, limit=batch_size, after=last
             )
             if not pending:
                 break
-            event_ids = [event.id for event in pending]
-            try:
-                await publish_events(
-                    bus, queue, [(event.id, split_body(event.body)) for event in pending]
+            last = pending[-1]
+            outcome = await _publish_isolating(
+                bus,
+                queue,
+                [
+                    (event.id, bus_messages_for(event.id, split_body(event.body)))
+                    for event in pending
+                ],
+            )
+            await webhook_events.mark_published(conn, outcome.published)
+            if outcome.poison:
+                await event_failures.record_failures(conn, outcome.poison)
+                await webhook_events.mark_failed(
+                    conn,
+                    sorted({f.webhook_event_id for f in outcome.poison if f.webhook_event_id}),
+                    "some events refused by the bus for good (see whatsapp_event_failures)",
                 )
-            except Exception as error:
-                logger.warning(
-                    "outbox sweep: %d events still unpublished (%s)",
-                    len(pending),
-                    type(error).__name__,
-                )
-                await webhook_events.record_publish_failure(conn, event_ids, type(error).__name__)
-                failed += len(pending)
-                break
-            await webhook_events.mark_published(conn, event_ids)
-            published += len(pending)
-        if len(pending) < batch_size:
+            for reason, event_ids in outcome.retry_later.items():
+                await webhook_events.record_publish_failure(conn, event_ids, reason)
+        published += len(outcome.published)
+        poisoned += len({f.webhook_event_id for f in outcome.poison})
+        failed += sum(len(ids) for ids in outcome.retry_later.values())
+        if outcome.broker_down or len(pending) < batch_size:
             break
-    if published or failed:
-        logger.info("outbox sweep: %d events published, %d still pending", published, failed)
-    return SweepReport(published=published, failed=failed)
+    if published or failed or poisoned:
+        logger.info(
+            "outbox sweep: %d events published, %d poisoned, %d still pending",
+            published,
+            poisoned,
+            failed,
+        )
+    return SweepReport(published=published, failed=failed, poisoned=poisoned)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    published: list[int] = field(default_factory=list)
+    poison: list[event_failures.EventFailure] = field(default_factory=list)
+    # Reason → rows to try again next sweep.
+    retry_later: dict[str, list[int]] = field(default_factory=dict)
+    broker_down: bool = False
+
+
+@dataclass(slots=True)
+class _Refusal:
+    event_id: int
+    message: OutgoingMessage
+    error: Exception
+    # How many publishes the broker had accepted in this sweep when it refused this one.
+    accepted_before: int
+
+
+async def _publish_isolating(
+    bus: MessageBus, queue: str, events: Sequence[tuple[int, list[OutgoingMessage]]]
+) -> _Outcome:
+    outcome = _Outcome()
+    try:
+        await bus.publish(queue, [m for _, messages in events for m in messages])
+    except Exception as error:
+        logger.info(
+            "outbox sweep: a batch of %d events was refused (%s); isolating",
+            len(events),
+            type(error).__name__,
+        )
+    else:
+        outcome.published = [event_id for event_id, _ in events]
+        return outcome
+    accepted = 0
+    refused_in_a_row = 0
+    refusals: list[_Refusal] = []
+    untried: list[int] = []
+    for event_id, messages in events:
+        if not messages:
+            outcome.published.append(event_id)
+            continue
+        if refused_in_a_row >= _REFUSALS_MEANING_DOWN:
+            untried.append(event_id)
+            continue
+        accepted_before = accepted
+        event_refusals: list[_Refusal] = []
+        # The whole event first; its messages one by one only if it is refused.
+        for group in [messages] if len(messages) == 1 else [messages, *([m] for m in messages)]:
+            try:
+                await bus.publish(queue, group)
+            except Exception as error:
+                if len(group) == 1:
+                    event_refusals.append(_Refusal(event_id, group[0], error, accepted))
+                continue
+            accepted += 1
+            if group is messages:
+                break
+        refused_in_a_row = refused_in_a_row + 1 if accepted == accepted_before else 0
+        if not event_refusals:
+            outcome.published.append(event_id)
+        refusals.extend(event_refusals)
+    outcome.broker_down = refused_in_a_row >= _REFUSALS_MEANING_DOWN
+    transient: set[int] = set(untried)
+    for refusal in refusals:
+        # Refused for good, or refused while the broker went on accepting others after it.
+        if _is_permanent(refusal.error) or refusal.accepted_before < accepted:
+            outcome.poison.append(_failure_of(refusal))
+        else:
+            transient.add(refusal.event_id)
+    poisoned = {f.webhook_event_id for f in outcome.poison}
+    for event_id in sorted(transient - poisoned):
+        reason = next(
+            (type(r.error).__name__ for r in refusals if r.event_id == event_id), "not tried"
+        )
+        outcome.retry_later.setdefault(reason, []).append(event_id)
+    if outcome.poison:
+        logger.warning(
+            "outbox sweep: %d events refused by the bus for good; recorded as failed",
+            len(outcome.poison),
+        )
+    return outcome
+
+
+def _is_permanent(error: Exception) -> bool:
+    return isinstance(error, PublishError) and error.permanent
+
+
+def _failure_of(refusal: _Refusal) -> event_failures.EventFailure:
+    error = refusal.error
+    # Our adapters' PublishError messages name the queue and the error class, not content.
+    reason = (
+        f"{'refused for good' if error.permanent else 'refused'}: {error}"
+        if isinstance(error, PublishError)
+        else f"refused while the bus accepted others: {type(error).__name__}"
+    )
+    return event_failures.EventFailure(
+        stage="publish",
+        reason=reason,
+        webhook_event_id=refusal.event_id,
+        kind=refusal.message.subject,
+        event_key=refusal.message.message_id,
+    )

@@ -48,7 +48,6 @@ __all__ = [
     "WebhookIntake",
     "answer_verification",
     "bus_messages_for",
-    "publish_events",
     "split_body",
 ]
 
@@ -299,12 +298,3 @@ class WebhookIntake:
         async with self._pool.connection() as conn:
             await webhook_events.mark_published(conn, [i for ids in batches for i in ids])
         return [None] * len(batches)
-
-
-async def publish_events(
-    bus: MessageBus, queue: str, events: Sequence[tuple[int, SplitResult]]
-) -> None:
-    """Publish the bus messages of stored webhook events in one call (raises on refusal)."""
-    messages = [m for event_id, split in events for m in bus_messages_for(event_id, split)]
-    if messages:
-        await bus.publish(queue, messages)

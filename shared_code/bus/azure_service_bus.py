@@ -90,13 +90,21 @@ class AzureServiceBus:
             return
         if self._closed:
             raise PublishError("the Service Bus publisher is closed")
-        outgoing = [_to_service_bus(message) for message in messages]
+        try:
+            outgoing = [_to_service_bus(message) for message in messages]
+        except ValueError as error:
+            # The SDK's own checks (an id over 128 characters, a bad property): never sendable.
+            raise PublishError(
+                f"a message for queue {queue} is invalid: {error}", permanent=True
+            ) from error
         queue_sender = await self._sender_for(queue)
         async with queue_sender.lock:
             try:
                 batches = await _send_in_batches(queue_sender.sender, outgoing)
             except MessageSizeExceededError as error:
-                raise PublishError(f"a message for queue {queue} is too large: {error}") from error
+                raise PublishError(
+                    f"a message for queue {queue} is too large: {error}", permanent=True
+                ) from error
             except AzureError as error:
                 # The link may be broken for good (entity recreated, credentials rotated): the
                 # next publish starts from a new sender.

@@ -701,7 +701,11 @@ class LocalQueue:
                 cursor = await conn.execute(_PUBLISH, params)
                 row = await cursor.fetchone()
         except psycopg.Error as error:
-            raise PublishError(f"local bus rejected {len(messages)} message(s): {error}") from error
+            # Class 22 (data exceptions) is about the messages themselves, not the server.
+            raise PublishError(
+                f"local bus rejected {len(messages)} message(s): {type(error).__name__}",
+                permanent=isinstance(error, psycopg.DataError),
+            ) from error
         published = row[0] if row else 0
         if published < len(messages):
             logger.debug(

@@ -35,7 +35,15 @@ class OutgoingMessage:
 
 
 class PublishError(RuntimeError):
-    """The broker did not accept the messages; the caller keeps them for a later retry."""
+    """The broker did not accept the messages; the caller keeps them for a later retry.
+
+    ``permanent`` says the broker refused the messages themselves (too large, a value it cannot
+    store): sending them again will fail again, so a caller isolates them instead of retrying.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class MessageBus(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 import psycopg
@@ -19,11 +19,12 @@ __all__ = [
     "StoredWebhookEvent",
     "claim_pending",
     "insert_events",
+    "mark_failed",
     "mark_published",
     "record_publish_failure",
 ]
 
-EventStatus = Literal["pending", "published", "ignored", "invalid"]
+EventStatus = Literal["pending", "published", "ignored", "invalid", "failed"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,10 +160,29 @@ async def record_publish_failure(conn: Connection, event_ids: Sequence[int], err
         )
 
 
+async def mark_failed(conn: Connection, event_ids: Sequence[int], reason: str) -> None:
+    """Some events of these rows can never be published (the rest were): stop retrying them."""
+    if event_ids:
+        await conn.execute(
+            """
+            UPDATE whatsapp_webhook_events
+            SET status = 'failed', publish_attempts = publish_attempts + 1,
+                last_publish_error = left(%s, 500)
+            WHERE id = ANY(%s) AND status = 'pending'
+            """,
+            (reason, list(event_ids)),
+        )
+
+
 async def claim_pending(
-    conn: Connection, *, min_age_seconds: int, limit: int
+    conn: Connection,
+    *,
+    min_age_seconds: int,
+    limit: int,
+    after: PendingWebhookEvent | None = None,
 ) -> list[PendingWebhookEvent]:
-    """Lock pending events old enough that their own request has given up on them.
+    """Lock pending events old enough that their own request has given up on them, oldest
+    first, starting after ``after`` (so one sweep never takes the same event twice).
 
     Rows stay locked until the caller's transaction ends, so two sweepers never republish the
     same event at the same time (republishing is harmless anyway: bus message ids dedupe).
@@ -172,10 +192,16 @@ async def claim_pending(
         SELECT id, body, received_at, publish_attempts
         FROM whatsapp_webhook_events
         WHERE status = 'pending' AND received_at < now() - make_interval(secs => %s)
+          AND (received_at, id) > (%s, %s)
         ORDER BY received_at, id
         LIMIT %s
         FOR UPDATE SKIP LOCKED
         """,
-        (min_age_seconds, limit),
+        (
+            min_age_seconds,
+            after.received_at if after else datetime.min.replace(tzinfo=UTC),
+            after.id if after else 0,
+            limit,
+        ),
     )
     return [PendingWebhookEvent(*row) for row in await cursor.fetchall()]
