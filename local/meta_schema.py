@@ -1,10 +1,19 @@
-"""Check Cloud API request bodies against Meta's own schemas, corrected and tightened.
+"""Check Cloud API request bodies against Meta's own schemas, corrected and tightened, and then
+against what Meta's live API does where that differs from its description.
 
 ``meta_schemas.json`` is a verbatim extract of Meta's OpenAPI description (v23.0, see
 ``scripts/extract_meta_schemas.py``). Taken as is, that schema rejects every real message and
 accepts some broken ones, so :func:`_corrected` patches it when it loads; each patch says why.
 Where Meta's schema is looser than Meta's documented limits (4,096-character text body, ≤10 list
 rows in total, caption ≤1,024 characters, ...), the documented limit is enforced too.
+
+On top of that, :data:`LIVE_API_OVERRIDES` records each place where Meta's *live* API differs
+from its description in a way a client notices: bodies it accepts that the description refuses
+(coordinates as JSON numbers, ``null`` for an unset field, ...) and bodies it refuses, with its
+own error code and words, that the description accepts or refuses differently (an empty text
+body, a fourth reply button, ...). Each override names its fact's source. A body is checked in
+this order: the overrides' rewrites (``normalize``), their refusals (``refuse``, Meta's own answer),
+then the schema with the overrides' edits (``patch_schemas``) and the documented limits.
 
 ``Message`` is a ``oneOf`` of eleven branches with an OpenAPI ``discriminator`` on ``type``;
 plain JSON Schema ignores the discriminator, so one bad field yields "not valid under any of the
@@ -19,7 +28,7 @@ import copy
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +39,11 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 __all__ = [
+    "LIVE_API_OVERRIDES",
     "SCHEMAS_FILE",
+    "LiveApiOverride",
+    "Refusal",
+    "message_request_refusal",
     "message_types",
     "validate_mark_read_request",
     "validate_message_request",
@@ -52,24 +65,52 @@ _REQUIRED_MESSAGE = re.compile(r"^'(?P<name>.+)' is a required property$")
 
 
 def validate_message_request(body: object) -> list[str]:
-    """Problems with a ``POST /{phone-number-id}/messages`` body; ``[]`` when it is valid.
+    """Problems with a ``POST /{phone-number-id}/messages`` body; ``[]`` when Meta accepts it.
 
     Takes any decoded JSON (the simulator passes what it received), not only mappings.
     """
+    refusal, problems = _check(body)
+    if refusal is None:
+        return problems
+    return list(dict.fromkeys([refusal.problem, *problems]))
+
+
+def message_request_refusal(body: object) -> Refusal | None:
+    """What Meta answers to this body, or None when it accepts it: its own code and words where
+    an override knows them, else error 100 with the problems as details."""
+    refusal, problems = _check(body)
+    if refusal is not None or not problems:
+        return refusal
+    return Refusal(
+        code=100,
+        message="(#100) Invalid parameter",
+        details="; ".join(problems),
+        problem=problems[0],
+    )
+
+
+def _check(body: object) -> tuple[Refusal | None, list[str]]:
     if not isinstance(body, Mapping):
-        return ["(root): must be an object"]
+        return None, ["(root): must be an object"]
+    body = _live_normalized(body)
+    refusal = next(
+        (
+            found
+            for override in LIVE_API_OVERRIDES
+            if override.refuse is not None and (found := override.refuse(body)) is not None
+        ),
+        None,
+    )
     schemas = _compiled()
     message_type = body.get("type")
     validator = schemas.messages.get(message_type) if isinstance(message_type, str) else None
     if validator is None:
         base_problems = _problems(schemas.base_message, body)
-        if "type" not in body:
-            return base_problems
         allowed = ", ".join(sorted(schemas.messages))
-        return [f"type: must be one of {allowed}", *base_problems]
+        return refusal, [f"type: must be one of {allowed}", *base_problems]
     problems = _problems(validator, body)
     # The checks below walk the structure the schema guarantees, so they only run once it holds.
-    return problems or _documented_limit_problems(body)
+    return refusal, problems or _documented_limit_problems(body)
 
 
 def validate_mark_read_request(body: object) -> list[str]:
@@ -94,6 +135,9 @@ class _CompiledSchemas:
 @functools.cache
 def _compiled() -> _CompiledSchemas:
     document = _corrected(json.loads(SCHEMAS_FILE.read_text(encoding="utf-8")))
+    for override in LIVE_API_OVERRIDES:
+        if override.patch_schemas is not None:
+            override.patch_schemas(document["components"]["schemas"])
     registry: Registry[Any] = Registry().with_resource(
         _BASE_URI, DRAFT202012.create_resource(document)
     )
@@ -329,3 +373,335 @@ def _path(parts: Iterable[str | int]) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(root)"
+
+
+# --- Meta's live API, where it differs from its description -----------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal:
+    """Meta's answer to a body it refuses: ``code``, ``message`` and ``details`` as its error
+    object carries them; ``problem`` says the same in this module's path style."""
+
+    code: int
+    message: str
+    details: str | None
+    problem: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveApiOverride:
+    """One place where Meta's live Cloud API differs from its OpenAPI description."""
+
+    name: str
+    # One line: what the live API does.
+    why: str
+    # Where that fact comes from.
+    source: str
+    # Edits the corrected schemas (``components.schemas``) once, when they load.
+    patch_schemas: Callable[[dict[str, Any]], None] | None = None
+    # Rewrites the checker's own copy of a body in place, before anything else looks at it.
+    normalize: Callable[[dict[str, Any]], None] | None = None
+    # Meta's own answer to a body it refuses; None lets the body through to the schema.
+    refuse: Callable[[Mapping[str, Any]], Refusal | None] | None = None
+
+
+_INVALID_VALUE = "(#131009) Parameter value is not valid"
+_BUTTON_TITLE_MAX = 20
+_REPLY_BUTTONS_MAX = 3
+_NUMBER_PATTERN = r"^\s*[-+]?[0-9]+(\.[0-9]+)?\s*$"
+
+
+def _live_normalized(body: Mapping[str, Any]) -> dict[str, Any]:
+    normalized: dict[str, Any] = _copied(body)
+    for override in LIVE_API_OVERRIDES:
+        if override.normalize is not None:
+            override.normalize(normalized)
+    return normalized
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copied(item) for item in value]
+    return value
+
+
+def _at(body: Mapping[str, Any], *path: str) -> Any:
+    """``body[path[0]][path[1]]...``, or None where the structure is not there (refusals run
+    before the schema, on anything a client sends)."""
+    value: Any = body
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _drop_nulls(value: Any) -> None:
+    if isinstance(value, dict):
+        for key in [key for key, item in value.items() if item is None]:
+            del value[key]
+        for item in value.values():
+            _drop_nulls(item)
+    elif isinstance(value, list):
+        for item in value:
+            _drop_nulls(item)
+
+
+def _default_type(body: dict[str, Any]) -> None:
+    body.setdefault("type", "text")
+
+
+def _recipient_type_optional(schemas: dict[str, Any]) -> None:
+    for ref in schemas["Message"]["discriminator"]["mapping"].values():
+        branch = schemas[ref.removeprefix(_SCHEMA_REF)]
+        branch["required"] = [name for name in branch["required"] if name != "recipient_type"]
+
+
+def _text_body_refusal(body: Mapping[str, Any]) -> Refusal | None:
+    text = body.get("text")
+    if body.get("type") != "text" or not isinstance(text, Mapping):
+        return None
+    if text.get("body") not in (None, ""):
+        return None
+    words = "The parameter text.body is required."
+    return Refusal(
+        code=100, message=f"(#100) {words}", details=words, problem="text.body: is required"
+    )
+
+
+def _reply_buttons(body: Mapping[str, Any]) -> list[Any] | None:
+    if body.get("type") != "interactive" or _at(body, "interactive", "type") != "button":
+        return None
+    buttons = _at(body, "interactive", "action", "buttons")
+    return buttons if isinstance(buttons, list) else None
+
+
+def _reply_buttons_count_refusal(body: Mapping[str, Any]) -> Refusal | None:
+    buttons = _reply_buttons(body)
+    if buttons is None or 1 <= len(buttons) <= _REPLY_BUTTONS_MAX:
+        return None
+    return Refusal(
+        code=131009,
+        message=_INVALID_VALUE,
+        details=(
+            "Invalid buttons count. Min allowed buttons: 1, "
+            f"Max allowed buttons: {_REPLY_BUTTONS_MAX}"
+        ),
+        problem=(
+            f"interactive.action.buttons: must have 1 to {_REPLY_BUTTONS_MAX} items "
+            f"(got {len(buttons)})"
+        ),
+    )
+
+
+def _reply_button_title_refusal(body: Mapping[str, Any]) -> Refusal | None:
+    for index, button in enumerate(_reply_buttons(body) or ()):
+        title = _at(button, "reply", "title")
+        if isinstance(title, str) and not 1 <= len(title) <= _BUTTON_TITLE_MAX:
+            return Refusal(
+                code=131009,
+                message=_INVALID_VALUE,
+                details=f"Button title length invalid. Min length: 1, Max length: {_BUTTON_TITLE_MAX}",
+                problem=(
+                    f"interactive.action.buttons[{index}].reply.title: must be 1 to "
+                    f"{_BUTTON_TITLE_MAX} characters (got {len(title)})"
+                ),
+            )
+    return None
+
+
+def _cta_display_text_refusal(body: Mapping[str, Any]) -> Refusal | None:
+    if body.get("type") != "interactive" or _at(body, "interactive", "type") != "cta_url":
+        return None
+    text = _at(body, "interactive", "action", "parameters", "display_text")
+    if not isinstance(text, str) or len(text) <= _CTA_DISPLAY_TEXT_MAX:
+        return None
+    return Refusal(
+        code=131009,
+        message=_INVALID_VALUE,
+        details=None,
+        problem=(
+            "interactive.action.parameters.display_text: must be at most "
+            f"{_CTA_DISPLAY_TEXT_MAX} characters (got {len(text)})"
+        ),
+    )
+
+
+def _location_coordinates(schemas: dict[str, Any]) -> None:
+    location = schemas["LocationMessage"]["properties"]["location"]
+    for name in ("latitude", "longitude"):
+        location["properties"][name] = {"type": ["number", "string"], "pattern": _NUMBER_PATTERN}
+    location["required"] = ["latitude", "longitude"]
+
+
+def _location_request_message(schemas: dict[str, Any]) -> None:
+    interactive = schemas["InteractiveObject"]
+    interactive["properties"]["type"]["enum"].append("location_request_message")
+    action = {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {"name": {"const": "send_location"}},
+    }
+    # ActionObject is a bare oneOf that applies whatever the type: the shape joins it too.
+    schemas["LocationRequestAction"] = action
+    schemas["ActionObject"]["oneOf"].append({"$ref": _SCHEMA_REF + "LocationRequestAction"})
+    interactive["allOf"].append(
+        _when_type("location_request_message", {"$ref": _SCHEMA_REF + "LocationRequestAction"})
+    )
+
+
+def _lowercase_template_components(body: dict[str, Any]) -> None:
+    components = _at(body, "template", "components")
+    for component in components if isinstance(components, list) else ():
+        for key in ("type", "sub_type"):
+            if isinstance(component, dict) and isinstance(component.get(key), str):
+                component[key] = component[key].lower()
+
+
+def _template_buttons(schemas: dict[str, Any]) -> None:
+    properties = schemas["TemplateComponent"]["properties"]
+    properties["sub_type"] = {"type": "string"}
+    properties["index"] = {
+        "type": ["string", "integer"],
+        "pattern": "^[0-9]$",
+        "minimum": 0,
+        "maximum": 9,
+    }
+
+
+def _contact_labels_free(schemas: dict[str, Any]) -> None:
+    for name in ("PhoneObject", "EmailObject", "UrlObject", "AddressObject"):
+        schemas[name]["properties"]["type"] = {"type": "string"}
+
+
+def _contact_name_required(schemas: dict[str, Any]) -> None:
+    schemas["ContactObject"]["required"] = ["name"]
+    schemas["NameObject"]["required"] = ["formatted_name"]
+
+
+_MESSAGES_REFERENCE = (
+    "Meta's Cloud API messages reference (developers.facebook.com/docs/whatsapp/cloud-api/"
+    "reference/messages, its parameter tables as copied into public repositories)"
+)
+_MEASURED_2026_08 = (
+    "a WhatsApp gateway's sends to Meta's production API on 2026-08-20, error bodies quoted in "
+    "its source (public GitHub code, found with the library's code search)"
+)
+
+LIVE_API_OVERRIDES: tuple[LiveApiOverride, ...] = (
+    LiveApiOverride(
+        name="null_means_absent",
+        why="A member set to null is taken as not given (pywa sends unset optional fields so).",
+        source=(
+            'issue 12 (Meta accepts pywa\'s location with "address": null); pywa 4.5.0 '
+            "WhatsApp.send_location and types.Contact.to_dict send None as null"
+        ),
+        normalize=_drop_nulls,
+    ),
+    LiveApiOverride(
+        name="type_defaults_to_text",
+        why="A body without `type` is a text message.",
+        source=f"{_MESSAGES_REFERENCE}: type, 'Optional ... If omitted, defaults to text'",
+        normalize=_default_type,
+    ),
+    LiveApiOverride(
+        name="recipient_type_optional",
+        why="`recipient_type` may be left out; it defaults to individual.",
+        source=(
+            f"{_MESSAGES_REFERENCE}: recipient_type, 'Optional ... Default: individual'; the "
+            "v23.0 description's own MessageRequest schema (default: individual)"
+        ),
+        patch_schemas=_recipient_type_optional,
+    ),
+    LiveApiOverride(
+        name="text_body_required",
+        why="An empty or missing text body is refused: 100, 'The parameter text.body is required.'",
+        source=(
+            "shridarpatil/whatomate issue 487 (2026, live v21.0 and v24.0); whatsappy's tests "
+            "against the live API had the older wording \"(#100) The parameter text['body'] is "
+            'required."'
+        ),
+        refuse=_text_body_refusal,
+    ),
+    LiveApiOverride(
+        name="reply_buttons_count",
+        why="No reply buttons, or more than 3, is refused with 131009 (not 100).",
+        source=f"{_MEASURED_2026_08}: four buttons, HTTP 400, 131009, 'Invalid buttons count...'",
+        refuse=_reply_buttons_count_refusal,
+    ),
+    LiveApiOverride(
+        name="reply_button_title_length",
+        why="A reply button title of 0 or over 20 characters is refused with 131009 (not 100).",
+        source=(
+            f"{_MEASURED_2026_08}: 21 and 25 characters refused, 20 (even 40 bytes) accepted; "
+            "digiteinfotech/kairon's tests hold the same error body with its fbtrace_id"
+        ),
+        refuse=_reply_button_title_refusal,
+    ),
+    LiveApiOverride(
+        name="cta_display_text_length",
+        why="A cta_url display_text over 20 characters is refused with 131009, no field named.",
+        source=(
+            f"{_MEASURED_2026_08}: a bisection reported there (17 and 20 accepted, 21 refused); "
+            "the details Meta sends with it were not recorded, so none are sent here"
+        ),
+        refuse=_cta_display_text_refusal,
+    ),
+    LiveApiOverride(
+        name="location_coordinates",
+        why="Latitude and longitude are required, as JSON numbers or as numeric strings.",
+        source=(
+            "Meta's location messages page (both 'Required'); Meta's earlier reference example "
+            '"longitude": LONG_NUMBER, "latitude": LAT_NUMBER (quoted in restfb/restfb issue '
+            "1254 and docs.360dialog.com); pywa 4.5.0 sends floats"
+        ),
+        patch_schemas=_location_coordinates,
+    ),
+    LiveApiOverride(
+        name="location_request_message",
+        why="Interactive type location_request_message (action name send_location) is served.",
+        source=(
+            "Meta's 'Location request messages' page (developers.facebook.com/documentation/"
+            "business-messaging/whatsapp/messages/location-request-messages); absent from the "
+            "v23.0 description; pywa 4.5.0 WhatsApp.request_location"
+        ),
+        patch_schemas=_location_request_message,
+    ),
+    LiveApiOverride(
+        name="template_component_case",
+        why="Template component type and button sub_type are read without regard to case.",
+        source=(
+            "pywa 4.5.0 sends HEADER, BODY, QUICK_REPLY, URL, COPY_CODE (types/templates.py) "
+            "from every send_template; Meta's own template examples write COPY_CODE and CATALOG"
+        ),
+        normalize=_lowercase_template_components,
+    ),
+    LiveApiOverride(
+        name="template_buttons",
+        why="A button index may be a JSON number; sub_types beyond the three described exist.",
+        source=(
+            'pywa 4.5.0 sends "index": 0 as a number and sub_types copy_code, flow, catalog, '
+            "mpm, voice_call; the description lists quick_reply, url and catalog only"
+        ),
+        patch_schemas=_template_buttons,
+    ),
+    LiveApiOverride(
+        name="contact_labels_free",
+        why="Contact phone, email, URL and address `type` labels are free text.",
+        source=(
+            f"{_MESSAGES_REFERENCE}: 'Standard Values are CELL, MAIN, IPHONE, HOME, and WORK' "
+            "(the description allows HOME and WORK only); pywa's examples use MOBILE"
+        ),
+        patch_schemas=_contact_labels_free,
+    ),
+    LiveApiOverride(
+        name="contact_name_required",
+        why="Each contact needs name.formatted_name.",
+        source=f"{_MESSAGES_REFERENCE}: contacts name 'Required', formatted_name 'Required'",
+        patch_schemas=_contact_name_required,
+    ),
+)

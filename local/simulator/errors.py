@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from local.meta_schema import Refusal
+
 __all__ = [
     "FAILED_STATUS_ERROR",
     "INVALID_TOKEN",
@@ -36,6 +38,7 @@ __all__ = [
     "GraphError",
     "fbtrace_id",
     "invalid_parameter",
+    "refused",
     "unknown_object",
 ]
 
@@ -144,12 +147,24 @@ _MAX_DETAILS_LENGTH = 1000
 
 def invalid_parameter(problems: list[str]) -> GraphError:
     """Error 100 with the validation problems as ``details``."""
-    details = "; ".join(problems) or "Invalid parameter"
-    if len(details) > _MAX_DETAILS_LENGTH:
-        details = details[: _MAX_DETAILS_LENGTH - 1] + "…"
     return GraphError(
-        http_status=400, code=100, message="(#100) Invalid parameter", details=details
+        http_status=400,
+        code=100,
+        message="(#100) Invalid parameter",
+        details=_shortened("; ".join(problems) or "Invalid parameter"),
     )
+
+
+def refused(refusal: Refusal) -> GraphError:
+    """The 400 answer to a body Meta refuses (see ``local.meta_schema``)."""
+    details = None if refusal.details is None else _shortened(refusal.details)
+    return GraphError(http_status=400, code=refusal.code, message=refusal.message, details=details)
+
+
+def _shortened(details: str) -> str:
+    if len(details) > _MAX_DETAILS_LENGTH:
+        return details[: _MAX_DETAILS_LENGTH - 1] + "…"
+    return details
 
 
 def unknown_object(object_id: str) -> GraphError:

@@ -1,9 +1,10 @@
 """The Cloud API's behaviour, without HTTP: sends, mark-as-read, media, simulated users.
 
 Checks on ``POST /{phone-number-id}/messages``, in order: token (190), phone number id (100/33),
-JSON and schema (100), injected server error and rate limit, 24-hour window (131047),
-throughput and pair limits (130429, 131056); then the message is accepted, recorded, its status
-webhooks scheduled, and an injected timeout may hold the answer back. Mark-as-read requests
+JSON, then the body as Meta's live API checks it (``local.meta_schema``: 100, or 131009 and
+Meta's own words where the live API answers so), injected server error and rate limit, 24-hour
+window (131047), throughput and pair limits (130429, 131056); then the message is accepted,
+recorded, its status webhooks scheduled, and an injected timeout may hold the answer back. Mark-as-read requests
 (same endpoint) are checked for token, number and schema only: no limits, no faults.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from local.meta_schema import validate_mark_read_request, validate_message_request
+from local.meta_schema import message_request_refusal, validate_mark_read_request
 from local.simulator.config import BusinessNumber, ConfigError, SimulatorConfig, apply_changes
 from local.simulator.errors import (
     FAILED_STATUS_ERROR,
@@ -29,6 +30,7 @@ from local.simulator.errors import (
     REENGAGEMENT_MESSAGE,
     GraphError,
     invalid_parameter,
+    refused,
     unknown_object,
 )
 from local.simulator.faults import FaultInjector
@@ -223,9 +225,9 @@ class CloudApi:
     def _send(
         self, config: SimulatorConfig, number: BusinessNumber, payload: dict[str, Any]
     ) -> Answer:
-        problems = validate_message_request(payload)
-        if problems:
-            return _error(invalid_parameter(problems))
+        refusal = message_request_refusal(payload)
+        if refusal is not None:
+            return _error(refused(refusal))
         server_error = self._faults.server_error()
         if server_error is not None:
             self.stats.faults["server_error"] += 1
@@ -245,9 +247,9 @@ class CloudApi:
             and not self._windows.is_open(number.phone_number_id, wa_id)
         ):
             return _error(REENGAGEMENT_MESSAGE)
-        refused = self._limits.admit(number.phone_number_id, wa_id)
-        if refused is not None:
-            return _error(_LIMIT_ERRORS[refused])
+        over_limit = self._limits.admit(number.phone_number_id, wa_id)
+        if over_limit is not None:
+            return _error(_LIMIT_ERRORS[over_limit])
 
         message = SentMessage(
             wamid=new_wamid(wa_id, inbound=False),

@@ -9,8 +9,11 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from local.meta_schema import (
+    LIVE_API_OVERRIDES,
     SCHEMAS_FILE,
+    Refusal,
     _corrected,
+    message_request_refusal,
     message_types,
     validate_mark_read_request,
     validate_message_request,
@@ -51,6 +54,10 @@ def list_action(*row_counts: int) -> dict[str, Any]:
             for s, count in enumerate(row_counts)
         ],
     }
+
+
+def without(body: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != key}
 
 
 VALID_MESSAGES: dict[str, dict[str, Any]] = {
@@ -127,6 +134,46 @@ VALID_MESSAGES: dict[str, dict[str, Any]] = {
     "reaction": message("reaction", reaction={"message_id": "wamid.HBgL", "emoji": "\U0001f44d"}),
     "reaction removed": message("reaction", reaction={"message_id": "wamid.HBgL", "emoji": ""}),
     "location": message("location", location={"latitude": "48.85", "longitude": "2.35"}),
+    # What the live API accepts beyond Meta's description (see LIVE_API_OVERRIDES).
+    "location as numbers, unset parts null": message(
+        "location", location={"latitude": 48.85, "longitude": -2, "name": None, "address": None}
+    ),
+    "no recipient_type": without(message("text", text={"body": "Hi"}), "recipient_type"),
+    "no type: text": without(message("text", text={"body": "Hi"}), "type"),
+    "location request": message(
+        "interactive",
+        interactive={
+            "type": "location_request_message",
+            "body": {"text": "Where are you?"},
+            "action": {"name": "send_location"},
+        },
+    ),
+    "template components in capitals, index as a number": message(
+        "template",
+        template={
+            "name": "coupon",
+            "language": {"code": "en_US"},
+            "components": [
+                {"type": "BODY", "parameters": [{"type": "text", "text": "John"}]},
+                {
+                    "type": "button",
+                    "sub_type": "COPY_CODE",
+                    "index": 0,
+                    "parameters": [{"type": "coupon_code", "coupon_code": "SAVE25"}],
+                },
+            ],
+        },
+    ),
+    "contact with a free phone label and null parts": message(
+        "contacts",
+        contacts=[
+            {
+                "name": {"formatted_name": "Ana Bell", "first_name": "Ana", "last_name": None},
+                "phones": [{"phone": "+15550100123", "type": "MOBILE", "wa_id": None}],
+                "org": None,
+            }
+        ],
+    ),
 }
 
 
@@ -135,17 +182,17 @@ def test_realistic_bodies_are_accepted(body: dict[str, Any]) -> None:
     assert validate_message_request(body) == []
 
 
-def without(body: dict[str, Any], key: str) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != key}
-
-
 def interactive(**fields: Any) -> dict[str, Any]:
     return message("interactive", interactive=fields)
 
 
 INVALID_MESSAGES: list[tuple[str, object, str]] = [
     ("missing to", without(VALID_MESSAGES["text"], "to"), "to: is required"),
-    ("missing type", without(VALID_MESSAGES["text"], "type"), "type: is required"),
+    (
+        "missing type, not a text",
+        without(message("video", video={"id": "1"}), "type"),
+        "text: is required",
+    ),
     ("unknown type", message("carousel", carousel={}), "type: must be one of audio,"),
     ("not an object", ["text"], "(root): must be an object"),
     (
@@ -159,6 +206,28 @@ INVALID_MESSAGES: list[tuple[str, object, str]] = [
         "text.body: must be of type string (got int)",
     ),
     ("text without body", message("text", text={"preview_url": True}), "text.body: is required"),
+    ("empty text body", message("text", text={"body": ""}), "text.body: is required"),
+    ("null text body", message("text", text={"body": None}), "text.body: is required"),
+    (
+        "location without longitude",
+        message("location", location={"latitude": 1.5}),
+        "location.longitude: is required",
+    ),
+    (
+        "latitude not a number",
+        message("location", location={"latitude": "north", "longitude": 2}),
+        "location.latitude: must match",
+    ),
+    (
+        "contact without formatted name",
+        message("contacts", contacts=[{"name": {"first_name": "Ana"}}]),
+        "contacts[0].name.formatted_name: is required",
+    ),
+    (
+        "no reply buttons",
+        interactive(type="button", body={"text": "?"}, action={"buttons": []}),
+        "interactive.action.buttons: must have 1 to 3 items (got 0)",
+    ),
     (
         "text body too long",
         message("text", text={"body": "x" * 4097}),
@@ -368,6 +437,9 @@ def test_mark_read_request(body: dict[str, Any], expected: list[str]) -> None:
 
 def test_corrected_schemas_are_valid_json_schema() -> None:
     document = _corrected(json.loads(SCHEMAS_FILE.read_text()))
+    for override in LIVE_API_OVERRIDES:
+        if override.patch_schemas is not None:
+            override.patch_schemas(document["components"]["schemas"])
     for schema in document["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
 
@@ -377,3 +449,95 @@ def test_corrected_schemas_are_valid_json_schema() -> None:
 )
 def test_committed_extract_matches_metas_description() -> None:
     assert json.loads(SCHEMAS_FILE.read_text()) == extract(DEFAULT_SOURCE)
+
+
+REFUSALS: list[tuple[str, dict[str, Any], tuple[int, str, str | None]]] = [
+    (
+        "empty text body",
+        message("text", text={"body": ""}),
+        (
+            100,
+            "(#100) The parameter text.body is required.",
+            "The parameter text.body is required.",
+        ),
+    ),
+    (
+        "four reply buttons",
+        interactive(type="button", body={"text": "?"}, action={"buttons": reply_buttons(4)}),
+        (
+            131009,
+            "(#131009) Parameter value is not valid",
+            "Invalid buttons count. Min allowed buttons: 1, Max allowed buttons: 3",
+        ),
+    ),
+    (
+        "empty button title",
+        interactive(
+            type="button",
+            body={"text": "?"},
+            action={"buttons": [{"type": "reply", "reply": {"id": "a", "title": ""}}]},
+        ),
+        (
+            131009,
+            "(#131009) Parameter value is not valid",
+            "Button title length invalid. Min length: 1, Max length: 20",
+        ),
+    ),
+    (
+        "cta display text too long",
+        interactive(
+            type="cta_url",
+            body={"text": "?"},
+            action={
+                "name": "cta_url",
+                "parameters": {"display_text": "x" * 21, "url": "https://a.example"},
+            },
+        ),
+        (131009, "(#131009) Parameter value is not valid", None),
+    ),
+    (
+        "anything else the schema refuses",
+        message("text", text={"body": "x" * 4097}),
+        (100, "(#100) Invalid parameter", "text.body: must be at most 4096 characters (got 4097)"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [(body, expected) for _, body, expected in REFUSALS],
+    ids=[name for name, _, _ in REFUSALS],
+)
+def test_refusals_carry_metas_code_and_words(
+    body: dict[str, Any], expected: tuple[int, str, str | None]
+) -> None:
+    refusal = message_request_refusal(body)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.code, refusal.message, refusal.details) == expected
+    assert refusal.problem in validate_message_request(body)
+
+
+@pytest.mark.parametrize("body", VALID_MESSAGES.values(), ids=VALID_MESSAGES.keys())
+def test_accepted_bodies_have_no_refusal(body: dict[str, Any]) -> None:
+    assert message_request_refusal(body) is None
+
+
+def test_refusals_survive_any_shape() -> None:
+    # Overrides look at bodies before the schema does; odd shapes must not break them.
+    for odd in ({"type": "interactive", "interactive": []}, {"type": "text", "text": "hi"}, {}):
+        assert message_request_refusal(odd) is not None
+
+
+def test_checking_leaves_the_body_as_sent() -> None:
+    body = message("location", location={"latitude": 1, "longitude": 2, "name": None})
+    message_request_refusal(body)
+    assert body["location"] == {"latitude": 1, "longitude": 2, "name": None}
+
+
+def test_every_live_api_override_says_why_and_where_from() -> None:
+    names = [override.name for override in LIVE_API_OVERRIDES]
+    assert len(set(names)) == len(names)
+    for override in LIVE_API_OVERRIDES:
+        assert override.why and "\n" not in override.why, override.name
+        assert override.source, override.name
+        assert override.patch_schemas or override.normalize or override.refuse, override.name
