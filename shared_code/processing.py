@@ -6,18 +6,32 @@ The processor applies the statuses the outbox sweeper queued, when the intake co
 
 Every step is idempotent because the bus delivers at least once: a known wamid changes nothing,
 a known (wamid, status) changes nothing, and statuses fold monotonically whatever their order.
-An event that cannot be parsed is logged and dropped (its raw webhook stays stored); a database
-failure raises so the bus redelivers, and dead-letters after the maximum delivery count.
+
+Failures are sorted by whether a redelivery can help (:func:`is_transient`). A lost connection,
+a timeout or a broker refusal raises, so the bus redelivers (and dead-letters after its maximum
+delivery count). An event that can never be processed — unreadable, or a value PostgreSQL
+refuses, or a bug on this input — is poison: retrying it would only burn its deliveries and leave
+the user in silence. It is recorded in ``whatsapp_event_failures`` with the reason, and when it
+is a message whose sender is known, a bare row of it is stored and the user gets the fallback
+text (``AGENT_FALLBACK_MESSAGE``) instead of an answer. Its raw webhook stays stored.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
-from shared_code.db import conversations, outbound, statuses
+import msgspec
+import psycopg
+
+from shared_code.bus.port import PublishError
+from shared_code.db import conversations, event_failures, outbound, statuses
 from shared_code.db.pool import Pool
 from shared_code.routing import InboundForRouting, Router
+from shared_code.whatsapp.json_body import UnreadableBody, decode_json_body
 from shared_code.whatsapp.payloads import (
     MessageEvent,
     PayloadError,
@@ -27,7 +41,7 @@ from shared_code.whatsapp.payloads import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EventProcessor", "Outcome", "StatusRecorder"]
+__all__ = ["EventProcessor", "Outcome", "StatusRecorder", "is_transient"]
 
 
 class Outcome(enum.Enum):
@@ -82,12 +96,89 @@ class EventProcessor:
     async def handle(self, body: bytes) -> Outcome:
         try:
             event = decode_event(body)
-        except PayloadError as error:
-            logger.warning("queued event dropped, unreadable: %s", error)
-            return Outcome.REJECTED
-        if isinstance(event, StatusEvent):
-            return await self._statuses.apply(event)
-        return await self._store_message(event)
+            if isinstance(event, StatusEvent):
+                return await self._statuses.apply(event)
+            return await self._store_message(event)
+        except Exception as error:
+            if is_transient(error):
+                raise
+            return await self._give_up(body, error)
+
+    async def _give_up(self, body: bytes, error: Exception) -> Outcome:
+        """Record a poison event, and give its sender the fallback text if they are known."""
+        reason = _reason_of(error)
+        identity = _identity_of(body)
+        logger.warning(
+            "queued %s event is unprocessable (%s); recorded%s",
+            identity.kind if identity else "unreadable",
+            reason,
+            ", fallback queued" if identity and identity.sender else "",
+        )
+        fallback_queued = False
+        if identity is not None and identity.sender is not None:
+            try:
+                fallback_queued = await self._route_fallback(identity, reason)
+            except Exception as fallback_error:
+                if is_transient(fallback_error):
+                    raise
+                reason = f"{reason}; fallback failed: {_reason_of(fallback_error)}"
+        async with self._pool.connection() as conn:
+            await event_failures.record_failures(
+                conn,
+                [
+                    event_failures.EventFailure(
+                        stage="process",
+                        reason=reason,
+                        webhook_event_id=identity.webhook_event_id if identity else None,
+                        kind=identity.kind if identity else None,
+                        event_key=identity.key if identity else None,
+                        fallback_queued=fallback_queued,
+                    )
+                ],
+            )
+        return Outcome.REJECTED
+
+    async def _route_fallback(self, identity: _EventIdentity, reason: str) -> bool:
+        sender = identity.sender
+        assert sender is not None and identity.key is not None
+        # A bare row: what the message was and why it could not be processed, so the
+        # conversation shows it and the reply has something to answer.
+        row = conversations.InboundMessageRow(
+            wamid=identity.key,
+            phone_number_id=identity.phone_number_id,
+            contact_wa_id=sender,
+            profile_name=None,
+            message_type=identity.message_type or "unknown",
+            text_body=None,
+            content={"id": identity.key, "type": identity.message_type, "unprocessable": reason},
+            context_wamid=None,
+            whatsapp_timestamp=datetime.now(UTC),
+        )
+        async with self._pool.connection() as conn:
+            stored = await conversations.store_inbound(conn, row)
+            first = stored is not None
+            if stored is None:
+                stored = await conversations.find_inbound(conn, identity.key)
+                if stored is None:
+                    return False
+        await self._router.route(
+            InboundForRouting(
+                message_id=stored.message_id,
+                conversation_id=stored.conversation_id,
+                contact_id=stored.contact_id,
+                wamid=identity.key,
+                phone_number_id=identity.phone_number_id,
+                contact_wa_id=sender,
+                message_type=identity.message_type or "unknown",
+                text=None,
+                reply_id=None,
+                first_routing=first,
+                fallback_only=True,
+            )
+        )
+        async with self._pool.connection() as conn:
+            await conversations.mark_routed(conn, stored.message_id)
+        return True
 
     async def _store_message(self, event: MessageEvent) -> Outcome:
         message = event.message
@@ -127,3 +218,82 @@ class EventProcessor:
         async with self._pool.connection() as conn:
             await conversations.mark_routed(conn, stored.message_id)
         return outcome
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a redelivery may succeed: the database, the broker or the network failed, not
+    the event. Unknown errors count as transient (the bus dead-letters them in the end);
+    errors on the event's own values do not."""
+    if isinstance(error, PublishError):
+        return not error.permanent
+    return not isinstance(error, _POISON_ERRORS)
+
+
+# Data exceptions (class 22: a value PostgreSQL refuses) and Python's own errors on a value.
+_POISON_ERRORS = (
+    psycopg.DataError,
+    psycopg.NotSupportedError,
+    ValueError,  # PayloadError, UnicodeError and msgspec's decode errors among them
+    TypeError,
+    LookupError,
+    AttributeError,
+    RecursionError,
+)
+
+
+class _Identity(msgspec.Struct, kw_only=True):
+    """Just enough of an envelope to know whom to answer; read leniently."""
+
+    kind: str | None = None
+    phone_number_id: str | None = None
+    webhook_event_id: int | None = None
+    message: dict[str, Any] | None = None
+    status: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _EventIdentity:
+    kind: str
+    phone_number_id: str
+    webhook_event_id: int | None
+    # The bus message's key: the wamid, or "<wamid>:<status>".
+    key: str | None
+    # Set only for a message whose sender and wamid are known: the one who gets the fallback.
+    sender: str | None
+    message_type: str | None
+
+
+def _identity_of(body: bytes) -> _EventIdentity | None:
+    try:
+        envelope = msgspec.convert(decode_json_body(body).payload, _Identity)
+    except (UnreadableBody, msgspec.ValidationError):
+        return None
+    if envelope.kind not in ("message", "status") or not envelope.phone_number_id:
+        return None
+    if envelope.kind == "status":
+        status = envelope.status or {}
+        wamid, state = status.get("id"), status.get("status")
+        key = f"{wamid}:{state}" if isinstance(wamid, str) and isinstance(state, str) else None
+        return _EventIdentity(
+            "status", envelope.phone_number_id, envelope.webhook_event_id, key, None, None
+        )
+    message = envelope.message or {}
+    wamid, sender, message_type = message.get("id"), message.get("from"), message.get("type")
+    known = isinstance(wamid, str) and bool(wamid) and isinstance(sender, str) and bool(sender)
+    return _EventIdentity(
+        "message",
+        envelope.phone_number_id,
+        envelope.webhook_event_id,
+        wamid if isinstance(wamid, str) else None,
+        sender if known else None,
+        message_type if isinstance(message_type, str) else None,
+    )
+
+
+def _reason_of(error: Exception) -> str:
+    # PayloadError names fields and types only; other errors' texts may quote values, so only
+    # their class and, for PostgreSQL, the SQLSTATE.
+    if isinstance(error, PayloadError):
+        return str(error)
+    sqlstate = getattr(error, "sqlstate", None)
+    return f"{type(error).__name__} (SQLSTATE {sqlstate})" if sqlstate else type(error).__name__

@@ -27,6 +27,9 @@ class InboundForRouting:
     # True when this delivery stored the message: nothing can have answered it yet, so the router
     # may skip looking for an earlier answer (its own idempotency still holds).
     first_routing: bool = False
+    # The message could not be processed (see processing.py): answer with the fallback text,
+    # without asking an agent.
+    fallback_only: bool = False
 
 
 class Router(Protocol):

@@ -34,6 +34,7 @@ from shared_code.routing import InboundForRouting
 from shared_code.sending import outbound_bus_message
 from shared_code.whatsapp import outbound as bodies
 from shared_code.whatsapp.graph_client import GraphApiClient
+from shared_code.whatsapp.json_body import storable, text_for_postgres
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ class Orchestrator:
                 await courtesy
 
     async def _answer(self, message: InboundForRouting, key: str) -> None:
+        if message.fallback_only:
+            await self._queue_reply(message, key, self._fallback, agent_name=None)
+            return
         async with self._pool.connection() as conn:
             context = await conversations.load_agent_context(
                 conn, message.conversation_id, message.message_id, self._history_limit
@@ -131,7 +135,14 @@ class Orchestrator:
                 message.conversation_id,
             )
             return
-        body = reply_body(reply, to=message.contact_wa_id)
+        await self._queue_reply(message, key, reply, agent_name=agent.name)
+
+    async def _queue_reply(
+        self, message: InboundForRouting, key: str, reply: AgentReply, *, agent_name: str | None
+    ) -> None:
+        # An agent's text is anyone's text: NUL or a lone surrogate must not fail the insert.
+        body = storable(reply_body(reply, to=message.contact_wa_id))
+        text = _text_of(reply)
         async with self._pool.connection() as conn:
             row_id, _ = await outbound.insert_outbound(
                 conn,
@@ -140,10 +151,10 @@ class Orchestrator:
                     phone_number_id=message.phone_number_id,
                     contact_wa_id=message.contact_wa_id,
                     message_type=str(body["type"]),
-                    text_body=_text_of(reply),
+                    text_body=None if text is None else text_for_postgres(text),
                     content=body,
                     idempotency_key=key,
-                    agent=agent.name,
+                    agent=agent_name,
                     reply_to_message_id=message.message_id,
                 ),
             )

@@ -32,6 +32,7 @@ __all__ = [
     "DecodedBody",
     "UnreadableBody",
     "decode_json_body",
+    "storable",
     "text_for_postgres",
 ]
 
@@ -75,6 +76,12 @@ def decode_json_body(body: bytes) -> DecodedBody:
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
         _check_depth(payload)
     return DecodedBody(payload)
+
+
+def storable(value: Any) -> Any:
+    """A copy of a JSON value with every string (keys too) as :func:`text_for_postgres` makes
+    it: for values from elsewhere (an agent's reply) on their way to ``text``/``jsonb``."""
+    return _walk(value, set())
 
 
 def text_for_postgres(text: str) -> str:

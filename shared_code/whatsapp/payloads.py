@@ -28,6 +28,8 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from shared_code.whatsapp.json_body import UnreadableBody, decode_json_body
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -505,7 +507,6 @@ class _StatusEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind
     webhook_event_id: int | None = None
 
 
-_json_decoder: Final = msgspec.json.Decoder()
 _json_encoder: Final = msgspec.json.Encoder()
 _T = TypeVar("_T", bound=msgspec.Struct)
 # How many malformed optional fields one payload may lose before it is refused as a whole.
@@ -514,10 +515,13 @@ _MAX_DROPPED_FIELDS = 8
 
 def decode_event(body: bytes) -> MessageEvent | StatusEvent:
     """Decode a queued event; the ``raw`` dicts are the envelope's own, ready for storage."""
+    # The intake queues repaired envelopes; anything else on the queue (an older envelope, a
+    # hand-published message) is read as leniently, so NUL or a lone surrogate cannot reach a
+    # text column and fail every delivery.
     try:
-        data = _json_decoder.decode(body)
-    except msgspec.DecodeError:
-        raise PayloadError("event body is not valid JSON") from None
+        data = decode_json_body(body).payload
+    except UnreadableBody as error:
+        raise PayloadError(f"event {error}") from None
     return event_from_envelope(data)
 
 

@@ -10,7 +10,9 @@ ALTER TABLE whatsapp_webhook_events ADD CONSTRAINT whatsapp_webhook_events_statu
 
 CREATE TABLE whatsapp_event_failures (
     id               bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    webhook_event_id bigint      REFERENCES whatsapp_webhook_events (id) ON DELETE SET NULL,
+    -- No foreign key: this is a record of what happened, written when something already went
+    -- wrong; it must not fail for a webhook row erased since (or a hand-published event).
+    webhook_event_id bigint,
     -- publish: the outbox could not queue it; process: the processor could not handle it.
     stage            text        NOT NULL,
     kind             text,
