@@ -32,6 +32,7 @@ DEFAULT_DISPLAY_PHONE_NUMBER = "15550783881"
 DEFAULT_WABA_ID = DEV_DEFAULTS["WHATSAPP_BUSINESS_ACCOUNT_ID"]
 
 _SECRET_FIELDS = ("app_secret", "access_token")
+_MAX_RETRY_BACKOFF = 10.0
 
 
 class ConfigError(ValueError):
@@ -114,13 +115,28 @@ class SimulatorConfig:
     delivered_delay_seconds: float = 0.2
     read_delay_seconds: float = 1.0
     read_enabled: bool = True
-    # Webhook delivery: parallel posts, pending posts kept at most (beyond it they are dropped
-    # and counted), attempts per post with a doubling pause, time allowed per attempt.
+    # Webhook delivery (local.simulator.webhooks): parallel posts; pending posts kept at most
+    # (beyond it new ones are dropped and counted in stats); time allowed per attempt.
     # Concurrency and the timeout are read once, when the first webhook goes out.
     webhook_concurrency: int = 8
-    webhook_queue_limit: int = 10_000
-    webhook_max_attempts: int = 4
+    # A pending post costs about 1.5 kB (a 600-byte status body, its timer and bookkeeping,
+    # measured with tracemalloc), so the bound is ~300 MB at worst. While the app's webhook is
+    # down the queue fills with simulated users' messages and the statuses of replies sent
+    # meanwhile: bench/e2e at 100 conversations/s makes at most 400 posts/s (8 minutes to
+    # fill), the fault suite a few per second (hours). Drops are counted (webhooks_dropped) and
+    # logged.
+    webhook_queue_limit: int = 200_000
+    # Retries, as Meta's ("with decreasing frequency", for up to 7 days): the first pause, its
+    # growth factor after each failure, its cap, ±jitter as a fraction of the pause, and how long
+    # after its first attempt a post is abandoned. 0.5 s doubling to 15 min over 6 h makes about
+    # 35 attempts; tests bound webhook_retry_for_seconds to seconds.
     webhook_retry_seconds: float = 0.5
+    webhook_retry_backoff: float = 2.0
+    webhook_retry_max_interval_seconds: float = 900.0
+    webhook_retry_jitter: float = 0.2
+    webhook_retry_for_seconds: float = 6 * 3600.0
+    # An optional bound on attempts per post as well (None: only webhook_retry_for_seconds).
+    webhook_max_attempts: int | None = None
     webhook_timeout_seconds: float = 10.0
     # Recorded sends and read receipts kept for inspection (oldest dropped first).
     max_recorded: int = 100_000
@@ -146,22 +162,31 @@ class SimulatorConfig:
         _require_positive("pair_interval_seconds", self.pair_interval_seconds)
         _require_positive("window_seconds", self.window_seconds)
         _require_positive("webhook_timeout_seconds", self.webhook_timeout_seconds)
+        _require_positive(
+            "webhook_retry_max_interval_seconds", self.webhook_retry_max_interval_seconds
+        )
         for name in (
             "sent_delay_seconds",
             "delivered_delay_seconds",
             "read_delay_seconds",
             "webhook_retry_seconds",
+            "webhook_retry_for_seconds",
         ):
             _require_non_negative(name, getattr(self, name))
+        if not 1.0 <= self.webhook_retry_backoff <= _MAX_RETRY_BACKOFF:
+            raise ConfigError(f"webhook_retry_backoff must be between 1 and {_MAX_RETRY_BACKOFF:g}")
+        if not 0.0 <= self.webhook_retry_jitter < 1.0:
+            raise ConfigError("webhook_retry_jitter must be at least 0 and below 1")
         for name in (
             "pair_burst",
             "webhook_concurrency",
             "webhook_queue_limit",
-            "webhook_max_attempts",
             "max_recorded",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.webhook_max_attempts is not None and self.webhook_max_attempts < 1:
+            raise ConfigError("webhook_max_attempts must be at least 1 (or null: no bound)")
 
     @property
     def phone_number_ids(self) -> tuple[str, ...]:

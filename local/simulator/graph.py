@@ -46,7 +46,7 @@ from local.simulator.records import (
     new_media_id,
     new_wamid,
 )
-from local.simulator.webhooks import WebhookDispatcher, WebhookPostError, envelope
+from local.simulator.webhooks import WebhookDispatcher, envelope
 
 __all__ = ["Answer", "CloudApi", "UserMessage"]
 
@@ -442,12 +442,10 @@ class CloudApi:
         self.stats.inbound_messages += 1
         if config.webhook_url is None:
             return InboundResult(wamid=wamid, webhook_status=None, error="no webhook URL set")
-        try:
-            status = await self.webhooks.post_now(body)
-        except WebhookPostError as error:
-            self.stats.webhook_post_failures += 1
-            return InboundResult(wamid=wamid, webhook_status=None, error=error.reason)
-        return InboundResult(wamid=wamid, webhook_status=status)
+        first = await self.webhooks.post_user_message(body)
+        return InboundResult(
+            wamid=wamid, webhook_status=first.status, error=first.error, retrying=first.retrying
+        )
 
     def _new_user_image(self, image: Mapping[str, str]) -> dict[str, Any]:
         media_id = new_media_id()
@@ -480,7 +478,11 @@ class CloudApi:
         return list(self._receipts)
 
     def stats_json(self) -> dict[str, Any]:
-        return self.stats.as_json(webhook_queue=self.webhooks.pending)
+        return self.stats.as_json(
+            webhook_queue=self.webhooks.pending,
+            webhooks_retrying=self.webhooks.retrying,
+            oldest_pending_webhook_seconds=self.webhooks.oldest_pending_seconds(),
+        )
 
 
 def _make_media(media_id: str, mime_type: str) -> MediaItem:

@@ -74,17 +74,22 @@ class MediaItem:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InboundResult:
-    """What happened to one simulated user message: its wamid and the app's HTTP answer (None
-    when there is no webhook URL or the post failed; ``error`` then says why)."""
+    """What happened to one simulated user message: its wamid and the app's HTTP answer to the
+    first post (None when there is no webhook URL or the post got no answer; ``error`` then says
+    why)."""
 
     wamid: str
     webhook_status: int | None
     error: str | None = None
+    # The first post failed and is retried in the background, as a status webhook would be.
+    retrying: bool = False
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"wamid": self.wamid, "webhook_status": self.webhook_status}
         if self.error is not None:
             data["error"] = self.error
+        if self.retrying:
+            data["retrying"] = True
         return data
 
 
@@ -104,6 +109,7 @@ class Stats:
         "statuses_posted",
         "statuses_scheduled",
         "webhook_post_failures",
+        "webhook_retries",
         "webhooks_abandoned",
         "webhooks_dropped",
         "webhooks_posted",
@@ -123,6 +129,7 @@ class Stats:
         self.statuses_posted = 0
         self.webhooks_posted = 0
         self.webhook_post_failures = 0
+        self.webhook_retries = 0
         self.webhooks_abandoned = 0
         self.webhooks_dropped = 0
         self.max_accepted_per_second = 0
@@ -139,7 +146,13 @@ class Stats:
         if self._in_current_second > self.max_accepted_per_second:
             self.max_accepted_per_second = self._in_current_second
 
-    def as_json(self, *, webhook_queue: int) -> dict[str, Any]:
+    def as_json(
+        self, *, webhook_queue: int, webhooks_retrying: int, oldest_pending_webhook_seconds: float
+    ) -> dict[str, Any]:
+        """``webhook_queue``: posts pending (scheduled, waiting for a retry or being sent);
+        ``webhooks_retrying``: those of them that failed at least once; ``webhook_retries``:
+        attempts after a post's first; ``oldest_pending_webhook_seconds``: how long the oldest
+        pending post has existed (0 when none)."""
         return {
             "requests": self.requests,
             "accepted": self.accepted,
@@ -151,9 +164,12 @@ class Stats:
             "statuses_posted": self.statuses_posted,
             "webhooks_posted": self.webhooks_posted,
             "webhook_post_failures": self.webhook_post_failures,
+            "webhook_retries": self.webhook_retries,
             "webhooks_abandoned": self.webhooks_abandoned,
             "webhooks_dropped": self.webhooks_dropped,
             "webhook_queue": webhook_queue,
+            "webhooks_retrying": webhooks_retrying,
+            "oldest_pending_webhook_seconds": round(oldest_pending_webhook_seconds, 3),
             "max_accepted_per_second": self.max_accepted_per_second,
         }
 
