@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from shared_code.redelivery import pause_before_redelivery
 from shared_code.runtime import get_services
 
 bp = func.Blueprint()
@@ -17,6 +18,11 @@ bp = func.Blueprint()
 )
 async def processor_handle_event(message: func.ServiceBusMessage) -> None:
     # Returning completes the message; an exception abandons it, so the bus redelivers it and
-    # dead-letters it after the queue's maximum delivery count.
-    services = await get_services()
-    await services.processor.handle(message.get_body())
+    # dead-letters it after the queue's maximum delivery count. A transient failure is given
+    # back after a pause that grows with each delivery, so an outage does not burn them all.
+    try:
+        services = await get_services()
+        await services.processor.handle(message.get_body())
+    except Exception as error:
+        await pause_before_redelivery(error, message.delivery_count or 1)
+        raise

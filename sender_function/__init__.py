@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from shared_code.redelivery import pause_before_redelivery
 from shared_code.runtime import get_services
 
 bp = func.Blueprint()
@@ -18,5 +19,10 @@ bp = func.Blueprint()
 async def sender_send_message(message: func.ServiceBusMessage) -> None:
     # Back-off is a scheduled copy published by the sender, so returning (complete) is the normal
     # end; SendAttemptsExhausted raises on every delivery so the broker dead-letters the message.
-    services = await get_services()
-    await services.sender.handle(message.get_body())
+    # A transient failure (the database down) is given back after a growing pause.
+    try:
+        services = await get_services()
+        await services.sender.handle(message.get_body())
+    except Exception as error:
+        await pause_before_redelivery(error, message.delivery_count or 1)
+        raise

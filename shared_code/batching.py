@@ -52,9 +52,15 @@ class BatchingQueue(Generic[ItemT, ResultT]):
         self._flush_now = asyncio.Event()
 
     async def submit(self, item: ItemT) -> ResultT:
+        return await self.submit_nowait(item)
+
+    def submit_nowait(self, item: ItemT) -> asyncio.Future[ResultT]:
+        """Queue ``item`` and return the future of its result. Cancelling the future (a caller
+        that stopped waiting) leaves the item in its batch: the work is done, the result
+        dropped."""
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         self._add(item, future)
-        return await future
+        return future
 
     def enqueue(self, item: ItemT) -> None:
         """Queue ``item`` without waiting for it; a failed batch is logged, not raised."""

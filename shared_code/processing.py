@@ -7,7 +7,7 @@ The processor applies the statuses the outbox sweeper queued, when the intake co
 Every step is idempotent because the bus delivers at least once: a known wamid changes nothing,
 a known (wamid, status) changes nothing, and statuses fold monotonically whatever their order.
 
-Failures are sorted by whether a redelivery can help (:func:`is_transient`). A lost connection,
+Failures are sorted by whether a redelivery can help (:func:`shared_code.redelivery.is_transient`). A lost connection,
 a timeout or a broker refusal raises, so the bus redelivers (and dead-letters after its maximum
 delivery count). An event that can never be processed — unreadable, or a value PostgreSQL
 refuses, or a bug on this input — is poison: retrying it would only burn its deliveries and leave
@@ -25,11 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import psycopg
 
-from shared_code.bus.port import PublishError
 from shared_code.db import conversations, event_failures, outbound, statuses
 from shared_code.db.pool import Pool
+from shared_code.redelivery import is_transient
 from shared_code.routing import InboundForRouting, Router
 from shared_code.whatsapp.json_body import UnreadableBody, decode_json_body
 from shared_code.whatsapp.payloads import (
@@ -41,7 +40,7 @@ from shared_code.whatsapp.payloads import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EventProcessor", "Outcome", "StatusRecorder", "is_transient"]
+__all__ = ["EventProcessor", "Outcome", "StatusRecorder"]
 
 
 class Outcome(enum.Enum):
@@ -218,27 +217,6 @@ class EventProcessor:
         async with self._pool.connection() as conn:
             await conversations.mark_routed(conn, stored.message_id)
         return outcome
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether a redelivery may succeed: the database, the broker or the network failed, not
-    the event. Unknown errors count as transient (the bus dead-letters them in the end);
-    errors on the event's own values do not."""
-    if isinstance(error, PublishError):
-        return not error.permanent
-    return not isinstance(error, _POISON_ERRORS)
-
-
-# Data exceptions (class 22: a value PostgreSQL refuses) and Python's own errors on a value.
-_POISON_ERRORS = (
-    psycopg.DataError,
-    psycopg.NotSupportedError,
-    ValueError,  # PayloadError, UnicodeError and msgspec's decode errors among them
-    TypeError,
-    LookupError,
-    AttributeError,
-    RecursionError,
-)
 
 
 class _Identity(msgspec.Struct, kw_only=True):

@@ -32,6 +32,7 @@ from shared_code.bus.port import MessageBus, OutgoingMessage
 from shared_code.db import outbound
 from shared_code.db.pool import Pool
 from shared_code.ratelimit import Decision, RateLimiter
+from shared_code.redelivery import DeadLetterRequest
 from shared_code.retry_policy import RetryPolicy
 from shared_code.whatsapp.errors import (
     GraphApiError,
@@ -108,7 +109,7 @@ class SendOutcome(enum.Enum):
     UNREADABLE = "unreadable"
 
 
-class SendAttemptsExhausted(RuntimeError):
+class SendAttemptsExhausted(DeadLetterRequest, RuntimeError):
     """Raised on every delivery of a row the sender gave up on, so the broker dead-letters it."""
 
 

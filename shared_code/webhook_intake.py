@@ -4,7 +4,10 @@ The answer codes are what Meta's retry logic needs:
 - 401 bad or missing signature (nothing stored), 413 body over 1 MiB;
 - 200 once the raw body is committed, whatever its content (an unreadable but signed body is
   stored with a reason: answering an error would make Meta retry it for days);
-- 503 when the body could not be stored, so Meta delivers it again later.
+- 503 when the body could not be stored, so Meta delivers it again later. That answer is fast
+  even when PostgreSQL is not: a store gets ``store_timeout_seconds``, and after a failure a
+  :class:`~shared_code.circuit.Circuit` turns requests away at once, letting one through each
+  second to notice the database's return.
 Forwarding happens after the body is safely stored, and after the answer: Meta waits only for
 the insert. Messages are published to the queue; delivery statuses are applied here and now
 (:class:`shared_code.processing.StatusRecorder`): they need no order and no agent, applying one
@@ -32,6 +35,7 @@ import msgspec
 
 from shared_code.batching import BatchingQueue
 from shared_code.bus.port import MessageBus, OutgoingMessage
+from shared_code.circuit import Circuit
 from shared_code.db import webhook_events
 from shared_code.db.pool import Pool
 from shared_code.processing import StatusRecorder
@@ -139,8 +143,16 @@ class WebhookIntake:
         max_batch: int = 256,
         max_publishes_in_flight: int = 4,
         mark_linger_seconds: float = 0.05,
+        store_timeout_seconds: float = 5.0,
+        forward_timeout_seconds: float = 30.0,
     ) -> None:
         self._pool = pool
+        self._store_timeout = store_timeout_seconds
+        # Work after the answer gets a bound too: a database that accepts and never answers
+        # must not hold a publish slot (or the marks) forever; what it did not finish stays
+        # pending for the sweeper.
+        self._forward_timeout = forward_timeout_seconds
+        self._storage = Circuit("webhook storage (PostgreSQL)")
         self._bus = bus
         self._queue = queue
         self._app_secret = app_secret
@@ -167,16 +179,25 @@ class WebhookIntake:
         if not verify_signature(body, signature, self._app_secret):
             logger.warning("webhook rejected: invalid or missing signature (%d bytes)", len(body))
             return BAD_SIGNATURE
+        if not self._storage.allows():
+            return STORAGE_UNAVAILABLE
         split = split_body(body)
         if split.status == "invalid":
             logger.warning("signed webhook stored as invalid: %s", split.reason)
+        stored = self._batches.submit_nowait(_Delivery(body, hashlib.sha256(body).digest(), split))
         try:
-            inserted = await self._batches.submit(
-                _Delivery(body, hashlib.sha256(body).digest(), split)
+            # A timeout cancels only this caller's wait: its batch still completes (and
+            # publishes), and Meta's retry of a body stored that late is a duplicate, not a loss.
+            async with asyncio.timeout(self._store_timeout):
+                inserted = await stored
+        except Exception as error:
+            self._storage.failed()
+            logger.warning(
+                "webhook could not be stored (%s); answering 503 so Meta retries",
+                type(error).__name__,
             )
-        except Exception:
-            logger.exception("webhook could not be stored; answering 503 so Meta retries")
             return STORAGE_UNAVAILABLE
+        self._storage.succeeded()
         return ACCEPTED if inserted else DUPLICATE
 
     async def _store_and_publish(self, deliveries: Sequence[_Delivery]) -> list[bool]:
@@ -229,7 +250,13 @@ class WebhookIntake:
 
     async def _publish_in_slot(self, events: Sequence[tuple[int, SplitResult]]) -> None:
         try:
-            await self._forward_stored(events)
+            async with asyncio.timeout(self._forward_timeout):
+                await self._forward_stored(events)
+        except TimeoutError:
+            logger.warning(
+                "forwarding %d stored webhook events timed out; the outbox sweeper will retry",
+                len(events),
+            )
         finally:
             self._publish_slots.release()
 
@@ -295,6 +322,8 @@ class WebhookIntake:
         return True
 
     async def _mark_published(self, batches: Sequence[Sequence[int]]) -> list[None]:
-        async with self._pool.connection() as conn:
+        # A failed or timed-out mark leaves rows pending: the sweeper republishes them and the
+        # bus drops the copies by message id.
+        async with asyncio.timeout(self._forward_timeout), self._pool.connection() as conn:
             await webhook_events.mark_published(conn, [i for ids in batches for i in ids])
         return [None] * len(batches)

@@ -18,7 +18,8 @@ from shared_code.bus.port import PublishError
 from shared_code.db.pool import Pool
 from shared_code.orchestrator.agents import AgentRegistry
 from shared_code.orchestrator.orchestrator import Orchestrator
-from shared_code.processing import EventProcessor, Outcome, is_transient
+from shared_code.processing import EventProcessor, Outcome
+from shared_code.redelivery import is_transient
 from shared_code.routing import InboundForRouting
 from shared_code.secrets import Secret
 from shared_code.whatsapp.graph_client import GraphApiClient
