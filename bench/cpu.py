@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["CpuWindow", "describe", "is_postgres"]
+__all__ = ["CpuWindow", "describe", "is_postgres", "parent_pid", "process_tree"]
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
@@ -66,6 +66,36 @@ class CpuWindow:
                     break
         return {name: 100.0 * ticks / _TICKS_PER_SECOND / seconds for name, ticks in used.items()}
 
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds per group used since ``start()`` (``stop()`` gives percent of a core)."""
+        end = self._snapshot()
+        used = dict.fromkeys(self._groups, 0.0)
+        for pid, (command, ticks) in end.items():
+            ticks -= self._start.get(pid, (command, 0))[1]
+            for name, belongs in self._groups.items():
+                if belongs(pid, command):
+                    used[name] += ticks
+                    break
+        return {name: ticks / _TICKS_PER_SECOND for name, ticks in used.items()}
+
 
 def describe(shares: Mapping[str, float]) -> str:
     return ", ".join(f"{name} {share:.0f} %" for name, share in shares.items())
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid`` from /proc (-1 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def process_tree(root: int) -> Callable[[int, str], bool]:
+    """A group test for ``root`` and its direct children (a postmaster and its backends)."""
+
+    def belongs(pid: int, command_line: str) -> bool:
+        return pid == root or parent_pid(pid) == root
+
+    return belongs
