@@ -150,6 +150,9 @@ class Settings:
                 confirmation_wait_seconds=reader.number(
                     "SENDER_CONFIRMATION_WAIT_SECONDS", default=60.0, minimum=0.1
                 ),
+                confirmation_max_wait_seconds=reader.number(
+                    "SENDER_CONFIRMATION_MAX_WAIT_SECONDS", default=3600.0, minimum=0.1
+                ),
             ),
             mark_as_read=reader.boolean("WHATSAPP_MARK_AS_READ", default=True),
         )

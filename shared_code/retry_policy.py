@@ -16,6 +16,9 @@ class RetryPolicy:
     # How long an ambiguous send waits for a status webhook before it is sent again. Meta posts
     # "sent" within seconds of accepting a message, so a minute of silence means it did not.
     confirmation_wait_seconds: float = 60.0
+    # After a worker died with a request out, the wait is twice its downtime, but no longer
+    # than this: replies after it in the conversation wait for it.
+    confirmation_max_wait_seconds: float = 3600.0
     # Our own rate control's waits up to this long are paced in place (that is throughput
     # shaping, not back-off); longer ones re-queue the message.
     max_pacing_seconds: float = 0.5

@@ -5,7 +5,10 @@ Each delivery of a queue message looks at the row's state in PostgreSQL and does
 - settled (has a wamid, or failed) → nothing to do;
 - a request of an earlier attempt may have reached Meta (``send_started_at`` still set) → take the
   wamid from a status webhook that echoed our ``biz_opaque_callback_data``, or wait for one (a
-  scheduled re-check), and resend only after ``confirmation_wait_seconds`` without any status;
+  scheduled re-check), and resend only after ``confirmation_wait_seconds`` without any status —
+  or, when the worker died with the request out (no wait was scheduled), after twice as long as
+  it was down (capped by ``confirmation_max_wait_seconds``), because the statuses Meta posted
+  meanwhile come back only with its growing retry pauses;
 - an earlier reply of the same conversation is not sent yet → wait for it (replies keep order);
 - rate control says not yet → pace briefly, or re-queue for when a slot frees up;
 - otherwise send: record the wamid and ``sent``, or the error. Throttling and retryable errors
@@ -202,16 +205,31 @@ class OutboundSender:
                 logger.info("outbound message %d confirmed by a status webhook", row.id)
                 return SendOutcome.CONFIRMED_BY_STATUS
         waited = (row.now - row.send_started_at).total_seconds()
-        remaining = self._policy.confirmation_wait_seconds - waited
-        if remaining > 0:
-            await self._requeue(row, remaining, keep_in_flight=True)
-            return SendOutcome.AWAITING_CONFIRMATION
+        if row.next_attempt_at is not None and row.next_attempt_at > row.send_started_at:
+            # The wait this send was given (after its timeout, or after an interruption) has
+            # run out without a status: Meta did not take it.
+            logger.warning(
+                "outbound message %d: no status %.0f s after an ambiguous send; sending again",
+                row.id,
+                waited,
+            )
+            return None
+        # No wait was ever scheduled for this send: its worker stopped after the request left
+        # (a crash, a kill). Statuses Meta posted meanwhile may have found no one to take them;
+        # Meta retries them with pauses that grow with the outage, so wait as long again as it
+        # lasted (at least the usual wait) before deciding the message never arrived.
+        wait = min(
+            max(self._policy.confirmation_wait_seconds, 2 * waited),
+            self._policy.confirmation_max_wait_seconds,
+        )
         logger.warning(
-            "outbound message %d: no status %.0f s after an ambiguous send; sending again",
+            "outbound message %d: its send was interrupted %.0f s ago; waiting %.0f s for a status",
             row.id,
             waited,
+            wait,
         )
-        return None
+        await self._requeue(row, wait, keep_in_flight=True)
+        return SendOutcome.AWAITING_CONFIRMATION
 
     async def _acquire_slot(
         self, row: outbound.OutboundRow, decision: Decision | None = None

@@ -305,6 +305,86 @@ async def test_an_ambiguous_send_without_any_status_is_sent_again_after_the_wait
     assert len(meta.requests) == 2
 
 
+async def test_a_send_interrupted_by_a_crash_waits_twice_the_downtime_for_its_status(
+    pool: Pool, local_queue: LocalQueue, graph: tuple[ScriptedGraph, GraphApiClient]
+) -> None:
+    # Issue 12: a worker killed right after Meta accepted a send came back 50 s later; the
+    # statuses Meta posted meanwhile were still on their way back (Meta's retry pauses grow with
+    # the outage), yet the reply was sent again at once because its 30 s wait had "run out".
+    meta, client = graph
+    meta.script = [accepted("wamid.resent")]
+    sender = make_sender(pool, local_queue, client)  # confirmation wait 30 s
+    row_id = await new_reply(pool)
+    async with pool.connection() as conn:
+        # What begin_attempts left behind: the request was out, no wait was ever scheduled.
+        await conn.execute(
+            "UPDATE whatsapp_messages SET send_attempts = 1, "
+            "send_started_at = now() - interval '50 seconds' WHERE id = %s",
+            (row_id,),
+        )
+
+    assert await sender.handle(request_for(row_id)) is SendOutcome.AWAITING_CONFIRMATION
+    state = await row(pool, row_id)
+    assert state["send_started_at"] is not None
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT extract(epoch FROM next_attempt_at - now()) FROM whatsapp_messages "
+            "WHERE id = %s",
+            (row_id,),
+        )
+        [(wait,)] = await cursor.fetchall()
+    assert 95 <= float(wait) <= 101  # twice the 50 s downtime, not the 30 s wait
+    assert meta.requests == []
+
+    # Meta's retried "sent" webhook arrives within that wait: the send is confirmed, not repeated.
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO whatsapp_message_statuses (wamid, status, biz_opaque_callback_data, payload) "
+            "VALUES ('wamid.first', 'sent', %s, '{}')",
+            (f"outbound:{row_id}",),
+        )
+        await conn.execute(
+            "UPDATE whatsapp_messages SET next_attempt_at = now() WHERE id = %s", (row_id,)
+        )
+    assert await sender.handle(request_for(row_id)) is SendOutcome.CONFIRMED_BY_STATUS
+    assert (await row(pool, row_id))["wamid"] == "wamid.first"
+    assert meta.requests == []
+
+
+async def test_an_interrupted_send_is_sent_again_once_its_longer_wait_passes_in_silence(
+    pool: Pool, local_queue: LocalQueue, graph: tuple[ScriptedGraph, GraphApiClient]
+) -> None:
+    meta, client = graph
+    meta.script = [accepted("wamid.second")]
+    sender = make_sender(
+        pool,
+        local_queue,
+        client,
+        policy=RetryPolicy(confirmation_wait_seconds=30.0, confirmation_max_wait_seconds=40.0),
+    )
+    row_id = await new_reply(pool)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE whatsapp_messages SET send_attempts = 1, "
+            "send_started_at = now() - interval '10 minutes' WHERE id = %s",
+            (row_id,),
+        )
+    assert await sender.handle(request_for(row_id)) is SendOutcome.AWAITING_CONFIRMATION
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT extract(epoch FROM next_attempt_at - now()) FROM whatsapp_messages "
+            "WHERE id = %s",
+            (row_id,),
+        )
+        [(wait,)] = await cursor.fetchall()
+        assert 38 <= float(wait) <= 41  # capped
+        await conn.execute(
+            "UPDATE whatsapp_messages SET next_attempt_at = now() WHERE id = %s", (row_id,)
+        )
+    assert await sender.handle(request_for(row_id)) is SendOutcome.SENT
+    assert len(meta.requests) == 1
+
+
 async def test_a_connect_error_is_not_ambiguous(
     pool: Pool, local_queue: LocalQueue, graph: tuple[ScriptedGraph, GraphApiClient]
 ) -> None:
