@@ -83,15 +83,76 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--delivered-delay", type=float, default=0.2)
     parser.add_argument("--read-delay", type=float, default=1.0)
     parser.add_argument("--seed", type=int)
-    faults = parser.add_argument_group("fault injection (probabilities between 0 and 1)")
-    faults.add_argument("--server-error-probability", type=float, default=0.0)
+    faults = parser.add_argument_group(
+        "fault injection",
+        "Probabilities between 0 and 1, per send request (mark-as-read is never faulted) or, for "
+        "the status faults, per accepted message. PUT /simulator/config also takes *_next "
+        'counts, e.g. {"faults": {"drop_before_next": 1}}. See FaultConfig.',
+    )
+    faults.add_argument(
+        "--drop-before-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="fail before Meta's logic: close the connection with no answer, send nothing",
+    )
+    faults.add_argument(
+        "--server-error-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer HTTP 500 with --server-error-code; send nothing",
+    )
     faults.add_argument("--server-error-code", type=int, default=131000, choices=[131000, 1, 2])
-    faults.add_argument("--rate-limit-probability", type=float, default=0.0)
-    faults.add_argument("--timeout-probability", type=float, default=0.0)
-    faults.add_argument("--hold-seconds", type=float, default=30.0)
-    faults.add_argument("--failed-status-probability", type=float, default=0.0)
-    faults.add_argument("--duplicate-status-probability", type=float, default=0.0)
-    faults.add_argument("--out-of-order-probability", type=float, default=0.0)
+    faults.add_argument(
+        "--rate-limit-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer 130429 (throughput) on top of the real cap; send nothing",
+    )
+    faults.add_argument(
+        "--pair-limit-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer 131056 (pair rate limit) without charging the pair bucket; send nothing",
+    )
+    faults.add_argument(
+        "--timeout-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="accept and record the message, then hold the answer back (--hold-seconds)",
+    )
+    faults.add_argument(
+        "--hold-seconds",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest an answer is held; released as soon as the client gives up",
+    )
+    faults.add_argument(
+        "--failed-status-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="post a failed status (131026) instead of sent/delivered/read",
+    )
+    faults.add_argument(
+        "--duplicate-status-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="post each status webhook twice",
+    )
+    faults.add_argument(
+        "--out-of-order-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="post read before delivered",
+    )
     parser.add_argument(
         "--log-level",
         default="INFO",
@@ -119,9 +180,11 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         read_delay_seconds=args.read_delay,
         seed=args.seed,
         faults=FaultConfig(
+            drop_before_probability=args.drop_before_probability,
             server_error_probability=args.server_error_probability,
             server_error_code=args.server_error_code,
             rate_limit_probability=args.rate_limit_probability,
+            pair_limit_probability=args.pair_limit_probability,
             timeout_probability=args.timeout_probability,
             hold_seconds=args.hold_seconds,
             failed_status_probability=args.failed_status_probability,

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from local.simulator.config import ConfigError, SimulatorConfig, public_view
 from local.simulator.graph import Answer, CloudApi, UserMessage
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 _JSON = "application/json"
+# The ASGI scope extension through which a handler closes its connection without an answer.
+_CLOSE_EXTENSION = "local.simulator.close_connection"
+# After closing, how long to wait for the server to see the connection gone.
+_CLOSE_SETTLE_SECONDS = 1.0
 
 
 class _UserMessageRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -40,6 +45,17 @@ class _UserMessageRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
 
 class _WindowRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     phone_number_id: str | None = None
+
+
+class _ClosingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with one scope extension, ``local.simulator.close_connection``:
+    ``{"close": callable}`` closes the connection with no answer (the ``drop_before`` fault).
+    ASGI itself cannot leave a request unanswered: returning without a response makes a 500."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        extension: dict[object, object] = {"close": self.transport.close}
+        self.scope["extensions"] = {_CLOSE_EXTENSION: extension}
 
 
 class _Server(uvicorn.Server):
@@ -58,6 +74,12 @@ def _control_error(message: str, status: int = 400) -> Response:
     return _json({"error": message}, status)
 
 
+async def _client_gone(request: Request) -> None:
+    """Return once the client has hung up (the request's body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 class CloudApiSimulator:
     """A fake graph.facebook.com for one app: serve :attr:`asgi_app` anywhere, or call
     :meth:`start` to run it on its own port inside the current event loop."""
@@ -66,6 +88,8 @@ class CloudApiSimulator:
         self._api = CloudApi(config, clock or SystemClock())
         # Set while stopping: answers held back by the timeout fault are released at once.
         self._stopping = asyncio.Event()
+        # Answers held back right now (timeout fault).
+        self._held = 0
         self._server: _Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._base_url: str | None = None
@@ -112,7 +136,7 @@ class CloudApiSimulator:
             host=host,
             port=bound_port,
             loop="none",
-            http="httptools",
+            http=_ClosingHttpToolsProtocol,
             ws="none",
             lifespan="off",
             access_log=False,
@@ -181,7 +205,9 @@ class CloudApiSimulator:
         return self._api.read_receipts()
 
     def stats(self) -> dict[str, Any]:
-        return self._api.stats_json()
+        """Counters since start or reset; ``answers_held``: answers the timeout fault is holding
+        back right now."""
+        return self._api.stats_json() | {"answers_held": self._held}
 
     def reset(self) -> None:
         self._api.reset()
@@ -219,7 +245,7 @@ class CloudApiSimulator:
             request.headers.get("authorization"),
             await request.body(),
         )
-        return await self._respond(answer)
+        return await self._respond(answer, request)
 
     async def _media_info(self, request: Request) -> Response:
         answer = self._api.media_info(
@@ -227,22 +253,52 @@ class CloudApiSimulator:
             request.headers.get("authorization"),
             str(request.base_url),
         )
-        return await self._respond(answer)
+        return await self._respond(answer, request)
 
     async def _download_media(self, request: Request) -> Response:
         refusal = self._api.check_token(request.headers.get("authorization"))
         if refusal is not None:
-            return await self._respond(refusal)
+            return await self._respond(refusal, request)
         item = self._api.media(request.path_params["media_id"])
         return Response(item.content, media_type=item.mime_type)
 
-    async def _respond(self, answer: Answer) -> Response:
+    async def _respond(self, answer: Answer, request: Request) -> Response:
+        if answer.drop:
+            return await self._drop(request)
         if answer.hold_seconds:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), answer.hold_seconds)
+            await self._hold(request, answer.hold_seconds)
         return Response(
             answer.body, status_code=answer.status, headers=answer.headers, media_type=_JSON
         )
+
+    async def _drop(self, request: Request) -> Response:
+        """Close the connection without an answer; the Response returned is never sent."""
+        extension = request.scope.get("extensions", {}).get(_CLOSE_EXTENSION, {})
+        close = extension.get("close")
+        if not callable(close):
+            # Served by another ASGI server: the closest is an answer the client gives up on.
+            await self._hold(request, self.config.faults.hold_seconds)
+            return Response(status_code=503)
+        close()
+        # Once the server has seen the connection go, it sends nothing more for this request.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_client_gone(request), _CLOSE_SETTLE_SECONDS)
+        return Response(status_code=503)
+
+    async def _hold(self, request: Request, seconds: float) -> None:
+        """Wait ``seconds``, or less if the client hangs up (its own timeout) or we stop."""
+        self._held += 1
+        waits = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(_client_gone(request)),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._held -= 1
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     # --- control endpoints ----------------------------------------------------------------
 

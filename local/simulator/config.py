@@ -54,19 +54,41 @@ class FaultConfig:
     """Injected failures. Probabilities are per send request (or per accepted message for the
     status faults); ``*_next`` force the next N send requests to fail that way, and count down.
 
-    Request faults are drawn in this order: server error, rate limit, then (after the real limits
-    pass) timeout. Mark-as-read requests are never faulted, so a test that arms "next 1" knows
-    which request it hits.
+    Request faults, in the order they are drawn:
+
+    - ``drop_before``: the request fails before it reaches Meta's logic. Nothing is checked,
+      accepted or recorded, and the connection is closed without an HTTP answer: the client sees
+      a transport error ("server disconnected") after its request went out, so for all it knows
+      the message may have been sent. Drawn before the token and body checks.
+    - ``server_error``: HTTP 500 with ``server_error_code`` (131000, 1 or 2); nothing is sent.
+    - ``rate_limit``: Meta's 130429 (throughput), on top of the real cap; nothing is sent.
+    - ``pair_limit``: Meta's 131056 (too many messages to one user), without charging the
+      user's pair bucket; nothing is sent.
+    - ``timeout``: after the request arrived and passed every check, the message is accepted and
+      recorded (it was sent, its status webhooks follow) but the answer is held back up to
+      ``hold_seconds``: the client times out without knowing.
+
+    ``hold_seconds`` is the longest an answer is held: it is released as soon as the client
+    hangs up, so it honours whatever timeout the client has (the app's
+    ``WHATSAPP_GRAPH_TIMEOUT_SECONDS``) and only needs to be longer than it (the default 30 s
+    is, for the app's default 15 s). Mark-as-read requests are never faulted, so a test that arms
+    "next 1" knows which request it hits.
+
+    Status faults, per accepted message: ``failed_status`` (a ``failed`` status with 131026
+    instead of sent/delivered/read), ``duplicate_status`` (each status posted twice, identical
+    bodies), ``out_of_order`` (``read`` posted before ``delivered``).
     """
 
+    drop_before_probability: float = 0.0
+    drop_before_next: int = 0
     server_error_probability: float = 0.0
     server_error_next: int = 0
     # 131000, 1 or 2: Meta's retryable service errors.
     server_error_code: int = 131000
     rate_limit_probability: float = 0.0
     rate_limit_next: int = 0
-    # The message is accepted and recorded (it was sent), but the answer is held back this long:
-    # the client times out without knowing.
+    pair_limit_probability: float = 0.0
+    pair_limit_next: int = 0
     timeout_probability: float = 0.0
     timeout_next: int = 0
     hold_seconds: float = 30.0
@@ -76,8 +98,10 @@ class FaultConfig:
 
     def __post_init__(self) -> None:
         for name in (
+            "drop_before_probability",
             "server_error_probability",
             "rate_limit_probability",
+            "pair_limit_probability",
             "timeout_probability",
             "failed_status_probability",
             "duplicate_status_probability",
@@ -86,13 +110,22 @@ class FaultConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"faults.{name} must be between 0 and 1")
-        for name in ("server_error_next", "rate_limit_next", "timeout_next"):
+        for name in _NEXT_COUNTERS:
             if getattr(self, name) < 0:
                 raise ConfigError(f"faults.{name} must not be negative")
         if self.server_error_code not in SERVER_ERRORS:
             codes = ", ".join(str(code) for code in SERVER_ERRORS)
             raise ConfigError(f"faults.server_error_code must be one of {codes}")
         _require_non_negative("faults.hold_seconds", self.hold_seconds)
+
+
+_NEXT_COUNTERS = (
+    "drop_before_next",
+    "server_error_next",
+    "rate_limit_next",
+    "pair_limit_next",
+    "timeout_next",
+)
 
 
 @dataclass(frozen=True, kw_only=True)

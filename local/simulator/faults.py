@@ -29,16 +29,15 @@ _NO_STATUS_FAULTS = StatusFaults()
 class FaultInjector:
     def __init__(self, faults: FaultConfig, seed: int | None) -> None:
         self._rng = random.Random(seed)  # noqa: S311 - test faults, not security
-        self._faults = faults
-        self._server_error_next = faults.server_error_next
-        self._rate_limit_next = faults.rate_limit_next
-        self._timeout_next = faults.timeout_next
+        self.configure(faults)
 
     def configure(self, faults: FaultConfig) -> None:
         """New settings; the ``*_next`` values become the remaining counts."""
         self._faults = faults
+        self._drop_before_next = faults.drop_before_next
         self._server_error_next = faults.server_error_next
         self._rate_limit_next = faults.rate_limit_next
+        self._pair_limit_next = faults.pair_limit_next
         self._timeout_next = faults.timeout_next
 
     def reseed(self, seed: int | None) -> None:
@@ -49,10 +48,19 @@ class FaultInjector:
         """The settings with the counts still to come."""
         return dataclasses.replace(
             self._faults,
+            drop_before_next=self._drop_before_next,
             server_error_next=self._server_error_next,
             rate_limit_next=self._rate_limit_next,
+            pair_limit_next=self._pair_limit_next,
             timeout_next=self._timeout_next,
         )
+
+    def drop_before(self) -> bool:
+        """Whether this send request fails before Meta's logic: no answer, nothing sent."""
+        if self._drop_before_next > 0:
+            self._drop_before_next -= 1
+            return True
+        return self._draw(self._faults.drop_before_probability)
 
     def server_error(self) -> GraphError | None:
         if self._server_error_next > 0:
@@ -66,6 +74,12 @@ class FaultInjector:
             self._rate_limit_next -= 1
             return True
         return self._draw(self._faults.rate_limit_probability)
+
+    def pair_limit(self) -> bool:
+        if self._pair_limit_next > 0:
+            self._pair_limit_next -= 1
+            return True
+        return self._draw(self._faults.pair_limit_probability)
 
     def timeout(self) -> float | None:
         """Seconds to hold the answer of an accepted send, or None to answer at once."""

@@ -1,11 +1,13 @@
 """The Cloud API's behaviour, without HTTP: sends, mark-as-read, media, simulated users.
 
-Checks on ``POST /{phone-number-id}/messages``, in order: token (190), phone number id (100/33),
-JSON, then the body as Meta's live API checks it (``local.meta_schema``: 100, or 131009 and
-Meta's own words where the live API answers so), injected server error and rate limit, 24-hour
+Checks on ``POST /{phone-number-id}/messages``, in order: the injected failure before Meta's
+logic (the connection is closed, no answer), token (190), phone number id (100/33), JSON, then
+the body as Meta's live API checks it (``local.meta_schema``: 100, or 131009 and Meta's own
+words where the live API answers so), injected server error, rate limit and pair limit, 24-hour
 window (131047), throughput and pair limits (130429, 131056); then the message is accepted,
-recorded, its status webhooks scheduled, and an injected timeout may hold the answer back. Mark-as-read requests
-(same endpoint) are checked for token, number and schema only: no limits, no faults.
+recorded, its status webhooks scheduled, and an injected timeout may hold the answer back.
+Mark-as-read requests (same endpoint) are checked for token, number and schema only: no limits,
+no faults.
 """
 
 from __future__ import annotations
@@ -60,19 +62,22 @@ _INVALID_TOKEN_HEADERS = {
     )
 }
 _DUPLICATE_OFFSET_SECONDS = 0.01
+_NOT_JSON = object()
 _MEDIA_SIZE = 2048
 _DEFAULT_MEDIA_TYPE = "image/jpeg"
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """One HTTP answer; ``hold_seconds`` delays it (the injected timeout)."""
+    """One HTTP answer; ``hold_seconds`` delays it (the injected timeout); ``drop`` closes the
+    connection instead of answering (the injected failure before Meta's logic)."""
 
     status: int
     body: bytes
     headers: Mapping[str, str] | None = None
     hold_seconds: float | None = None
     error_code: int | None = None
+    drop: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +107,9 @@ class UserMessage:
 
 def _error(error: GraphError, headers: Mapping[str, str] | None = None) -> Answer:
     return Answer(error.http_status, error.body(), headers, error_code=error.code)
+
+
+_DROPPED = Answer(503, b"", drop=True)
 
 
 class CloudApi:
@@ -189,6 +197,14 @@ class CloudApi:
     def _post_messages(
         self, phone_number_id: str, authorization: str | None, raw_body: bytes
     ) -> Answer:
+        try:
+            payload = msgspec.json.decode(raw_body)
+        except msgspec.DecodeError:
+            payload = _NOT_JSON
+        is_mark_read = isinstance(payload, dict) and payload.get("status") == "read"
+        if not is_mark_read and self._faults.drop_before():
+            self.stats.faults["drop_before"] += 1
+            return _DROPPED
         refusal = self.check_token(authorization)
         if refusal is not None:
             return refusal
@@ -196,9 +212,7 @@ class CloudApi:
         number = config.business_number(phone_number_id)
         if number is None:
             return _error(unknown_object(phone_number_id))
-        try:
-            payload = msgspec.json.decode(raw_body)
-        except msgspec.DecodeError:
+        if payload is _NOT_JSON:
             return _error(invalid_parameter(["The request body is not valid JSON"]))
         if not isinstance(payload, dict):
             return _error(invalid_parameter(["The request body must be a JSON object"]))
@@ -235,6 +249,9 @@ class CloudApi:
         if self._faults.rate_limit():
             self.stats.faults["rate_limit"] += 1
             return _error(RATE_LIMIT_HIT)
+        if self._faults.pair_limit():
+            self.stats.faults["pair_limit"] += 1
+            return _error(PAIR_RATE_LIMIT_HIT)
         to = payload.get("to")
         if not isinstance(to, str):
             return _error(invalid_parameter(["to: is required"]))

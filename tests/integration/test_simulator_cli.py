@@ -91,3 +91,37 @@ def test_refuses_invalid_settings_with_exit_status_2() -> None:
 
     assert result.returncode == 2
     assert b"throughput_per_second" in result.stderr
+
+
+def test_new_faults_from_flags_under_the_cli_event_loop(tmp_path: Path) -> None:
+    # The CLI serves on uvloop when installed: the connection must close there too, quietly.
+    log = tmp_path / "simulator.log"
+    process, base_url = start_cli(log, "--no-window", "--drop-before-probability", "1")
+    headers = {"Authorization": f"Bearer {ENV_TOKEN}"}
+    body = {
+        "messaging_product": "whatsapp",
+        "to": "1555",
+        "type": "text",
+        "text": {"body": "hi"},
+    }
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.post(f"{base_url}/v23.0/100000000000001/messages", headers=headers, json=body)
+        httpx.put(
+            f"{base_url}/simulator/config",
+            json={"faults": {"drop_before_probability": 0, "pair_limit_probability": 1}},
+        ).raise_for_status()
+        pair_limited = httpx.post(
+            f"{base_url}/v23.0/100000000000001/messages", headers=headers, json=body
+        )
+        stats = httpx.get(f"{base_url}/simulator/stats").json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(timeout=30)
+
+    assert pair_limited.json()["error"]["code"] == 131056
+    assert stats["faults"] == {"drop_before": 1, "pair_limit": 1}
+    assert stats["accepted"] == 0
+    assert exit_code == 0
+    output = log.read_text()
+    assert "Traceback" not in output and "ASGI" not in output, output
