@@ -282,6 +282,7 @@ REFUSED: dict[str, tuple[Send, int, str, str | None]] = {
         "(#131009) Parameter value is not valid",
         None,
     ),
+    # Meta's words for the two below are not on record: its code is, and the details are ours.
     "text body over 4,096 characters": (
         lambda wa: wa.send_message(USER, "x" * 4097),
         100,
