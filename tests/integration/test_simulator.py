@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,20 @@ from shared_code.whatsapp.signature import SIGNATURE_HEADER, verify_signature
 from shared_code.whatsapp.webhook import split_webhook
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def quiet_client_logs() -> Iterator[None]:
+    """The test's own HTTP client logs every URL (httpx, at INFO) and the simulator's control URLs
+    hold the simulated user's number; the simulator's and the app's records are still scanned."""
+    loggers = [logging.getLogger(name) for name in ("httpx",)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
 
 APP_SECRET = "test-app-secret"
 TOKEN = "test-access-token"
