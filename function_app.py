@@ -5,7 +5,11 @@ import azure.functions as func
 from maintenance_function import bp as maintenance_bp
 from processor_function import bp as processor_bp
 from sender_function import bp as sender_bp
+from shared_code.log_privacy import install_log_record_factory
 from webhook_function import bp as webhook_bp
+
+# Tracebacks in logs keep frames and exception types, not messages that may quote a user's text.
+install_log_record_factory()
 
 app = func.FunctionApp()
 

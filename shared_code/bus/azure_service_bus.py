@@ -24,6 +24,7 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from shared_code.bus.port import OutgoingMessage, PublishError
+from shared_code.log_privacy import pseudonym
 
 __all__ = ["AzureServiceBus"]
 
@@ -175,7 +176,7 @@ def _to_service_bus(message: OutgoingMessage) -> ServiceBusMessage:
     scheduled = message.scheduled_enqueue_time
     if scheduled is not None:
         if scheduled.utcoffset() is None:
-            raise ValueError(f"scheduled_enqueue_time of {message.message_id!r} is naive")
+            raise ValueError(f"scheduled_enqueue_time of {pseudonym(message.message_id)} is naive")
         scheduled = scheduled.astimezone(UTC)
     return ServiceBusMessage(
         message.body,

@@ -60,6 +60,7 @@ from psycopg.rows import DictRow, dict_row
 from shared_code.batching import BatchingQueue
 from shared_code.bus.port import OutgoingMessage, PropertyValue, PublishError
 from shared_code.db.pool import Pool
+from shared_code.log_privacy import pseudonym
 
 __all__ = [
     "LOCAL_BUS_MIGRATIONS",
@@ -560,7 +561,7 @@ class SessionReceiver:
         Raises :class:`SessionLockLost` when the session lock is no longer held.
         """
         if self._closed:
-            raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
+            raise SessionLockLost(f"session receiver for {pseudonym(self.session_id)} is closed")
         if self._first_message is not None:
             first, self._first_message = self._first_message, None
             return first
@@ -573,7 +574,7 @@ class SessionReceiver:
         lock is gone, :class:`SessionLockLost` when the session's is.
         """
         if self._closed:
-            raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
+            raise SessionLockLost(f"session receiver for {pseudonym(self.session_id)} is closed")
         self._seen = self._notified
         async with self._lock:
             following, dead_lettered = await self._bus._complete_and_receive(self, message)
@@ -613,7 +614,7 @@ class SessionReceiver:
 
     async def renew_session_lock(self) -> datetime:
         if self._closed:
-            raise SessionLockLost(f"session receiver for {self.session_id!r} is closed")
+            raise SessionLockLost(f"session receiver for {pseudonym(self.session_id)} is closed")
         self.locked_until = await self._bus._renew_session_lock(self)
         return self.locked_until
 
@@ -684,7 +685,9 @@ class LocalQueue:
         for message in messages:
             when = message.scheduled_enqueue_time
             if when is not None and when.utcoffset() is None:
-                raise ValueError(f"scheduled_enqueue_time of {message.message_id!r} is naive")
+                raise ValueError(
+                    f"scheduled_enqueue_time of {pseudonym(message.message_id)} is naive"
+                )
         params = {
             "queue": queue,
             "window": self.options_for(queue).duplicate_detection_window,
@@ -897,7 +900,7 @@ class LocalQueue:
             row = await self._one_row(statement, params)
             if not row["session_held"]:
                 assert session is not None
-                raise SessionLockLost(f"lock on session {session.session_id!r} was lost")
+                raise SessionLockLost(f"lock on session {pseudonym(session.session_id)} was lost")
             if row["sequence_number"] is not None:
                 return _received(row)
             if not row["exhausted"]:
@@ -967,7 +970,7 @@ class LocalQueue:
         row = await self._one_row(_COMPLETE_AND_RECEIVE_FROM_SESSION, params)
         if not row["completed"]:
             if not row["session_held"]:
-                raise SessionLockLost(f"lock on session {session.session_id!r} was lost")
+                raise SessionLockLost(f"lock on session {pseudonym(session.session_id)} was lost")
             raise MessageLockLost(_lock_lost(message))
         if row["exhausted"]:
             logger.info(
@@ -985,7 +988,7 @@ class LocalQueue:
             cursor = await conn.execute(_RENEW_SESSION_LOCK, params)
             row = await cursor.fetchone()
         if row is None:
-            raise SessionLockLost(f"lock on session {session.session_id!r} was lost")
+            raise SessionLockLost(f"lock on session {pseudonym(session.session_id)} was lost")
         return _utc(row[0])
 
     async def _release_session(self, session: SessionReceiver) -> None:

@@ -214,7 +214,6 @@ class GraphApiClient:
             )
         entry = decoded.messages[0]
         wa_id = decoded.contacts[0].wa_id if decoded.contacts else None
-        logger.debug("message accepted by the Graph API as %s", entry.id)
         return SentMessage(wamid=entry.id, wa_id=wa_id, message_status=entry.message_status)
 
     async def send_text(

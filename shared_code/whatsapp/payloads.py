@@ -28,6 +28,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from shared_code.log_privacy import pseudonym
 from shared_code.whatsapp.json_body import UnreadableBody, decode_json_body
 
 logger = logging.getLogger(__name__)
@@ -328,7 +329,9 @@ class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         # Reprs end up in logs and tracebacks: ids and type only, never text or numbers.
-        return f"InboundMessage(id={self.id!r}, type={self.type_name!r}, at={self.timestamp})"
+        return (
+            f"InboundMessage(id={pseudonym(self.id)}, type={self.type_name!r}, at={self.timestamp})"
+        )
 
     @property
     def type_name(self) -> str:
@@ -452,7 +455,7 @@ class MessageStatus(msgspec.Struct, frozen=True, kw_only=True):
     def __repr__(self) -> str:
         codes = [error.code for error in self.errors]
         return (
-            f"MessageStatus(id={self.id!r}, status={self.status!r}, "
+            f"MessageStatus(id={pseudonym(self.id)}, status={self.status!r}, "
             f"at={self.timestamp}, error_codes={codes})"
         )
 

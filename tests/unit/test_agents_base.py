@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 import shared_code.orchestrator.agents as agents_package
+from shared_code.log_privacy import pseudonym
 from shared_code.orchestrator.agents.base import (
     MAX_TEXT_LENGTH,
     AgentError,
@@ -172,7 +173,8 @@ def test_reprs_hide_text_and_numbers() -> None:
     rendered = repr((request, entry, TextReply(body=SECRET_TEXT)))
     assert SECRET_TEXT not in rendered
     assert PHONE not in rendered
-    assert "wamid.1" in rendered
+    assert "wamid.1" not in rendered
+    assert pseudonym("wamid.1") in rendered
 
 
 def test_package_exports_are_pinned() -> None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
+from shared_code.log_privacy import pseudonym
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -75,7 +77,7 @@ class InboundMessage:
     timestamp: datetime | None = None
 
     def __repr__(self) -> str:
-        return f"InboundMessage(wamid={self.wamid!r}, message_type={self.message_type!r})"
+        return f"InboundMessage(wamid={pseudonym(self.wamid)}, message_type={self.message_type!r})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
