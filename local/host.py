@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 import math
@@ -35,6 +36,7 @@ from psycopg import conninfo
 from local.functions import FunctionSpec, Invoker, index_functions, resolve_setting
 from local.host_json import HostConfig, HostConfigError
 from local.http_adapter import HttpAdapter
+from local.http_protocol import ConnectionGuard, HttpLimits
 from local.postgres import EmbeddedPostgres, start_embedded_postgres
 from local.routes import Router, RouteTemplateError
 from local.servicebus_dispatch import QueueTrigger, TriggerConfigError, queue_trigger_for
@@ -51,6 +53,7 @@ __all__ = [
     "REPO_ROOT",
     "FunctionInfo",
     "HostStartError",
+    "HttpLimits",
     "LocalHost",
     "main",
     "serve",
@@ -115,6 +118,7 @@ class LocalHost:
         on_shutdown: Sequence[ShutdownHook] = (),
         function_directory: Path = REPO_ROOT,
         only_functions: Sequence[str] | None = None,
+        http_limits: HttpLimits | None = None,
     ) -> None:
         self._app = app
         # Like `func start --functions a b`: run only these (None: all).
@@ -141,6 +145,8 @@ class LocalHost:
         self._functions: list[FunctionInfo] = []
         self._pool: Pool | None = None
         self._bus: LocalQueue | None = None
+        self._http_limits = http_limits or HttpLimits()
+        self._guard: ConnectionGuard | None = None
         self._server: _Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._port: int | None = None
@@ -215,6 +221,8 @@ class LocalHost:
         if self._pool is not None:
             await self._pool.close()
         self._invoker.close()
+        if self._guard is not None:
+            self._guard.close()
 
     async def wait_closed(self) -> None:
         """Return when the HTTP server ends (after :meth:`stop`, or if it fails on its own)."""
@@ -341,12 +349,17 @@ class LocalHost:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         self._port = int(sock.getsockname()[1])
+        limits = _within_descriptor_limit(self._http_limits)
+        self._guard = ConnectionGuard(limits)
         config = uvicorn.Config(
-            HttpAdapter(self._router, self._invoker),
+            HttpAdapter(self._router, self._invoker, max_body_bytes=limits.max_body_bytes),
             host=self._host,
             port=self._port,
             loop="none",
-            http="httptools",
+            # httptools with the timeouts and size limits of local.http_protocol. Not uvicorn's
+            # limit_concurrency: it counts connections when a request arrives, so slow clients
+            # holding connections would turn every other request into a 503.
+            http=self._guard.protocol_class,
             ws="none",
             lifespan="off",
             interface="asgi3",
@@ -354,6 +367,8 @@ class LocalHost:
             log_config=None,
             proxy_headers=False,
             server_header=False,
+            # Unused by that protocol, which keeps its own; stated for whoever reads the config.
+            timeout_keep_alive=max(1, math.ceil(limits.keep_alive_timeout)),
             timeout_graceful_shutdown=max(1, math.ceil(self._grace)),
         )
         self._server = _Server(config)
@@ -380,6 +395,7 @@ async def serve(
     pool_max_size: int = 10,
     shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
     on_shutdown: Sequence[ShutdownHook] = (),
+    http_limits: HttpLimits | None = None,
 ) -> LocalHost:
     """Start a dev host for ``app`` in the running loop; ``await host.stop()`` to end it.
 
@@ -398,9 +414,24 @@ async def serve(
         pool_max_size=pool_max_size,
         shutdown_grace=shutdown_grace,
         on_shutdown=on_shutdown,
+        http_limits=http_limits,
     )
     await local_host.start()
     return local_host
+
+
+def _within_descriptor_limit(limits: HttpLimits) -> HttpLimits:
+    """``limits`` with at most half the process's file descriptors for HTTP connections: the rest
+    are the app's (database, Graph API), which a flood of clients must not starve."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return limits
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or limits.max_connections <= soft // 2:
+        return limits
+    logger.info("at most %d HTTP connections (half the open-file limit of %d)", soft // 2, soft)
+    return dataclasses.replace(limits, max_connections=max(1, soft // 2))
 
 
 # --- command line ----------------------------------------------------------------------------

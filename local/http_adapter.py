@@ -31,9 +31,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# The app enforces its own, smaller limits (413); this only keeps a runaway client from filling
-# the dev machine's memory.
-MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+# The app enforces its own, smaller limits (413: the webhook takes 1 MiB); this only keeps a
+# runaway client from filling the dev machine's memory.
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 
 _TEXT: Final = b"text/plain; charset=utf-8"
 _SKIPPED_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
