@@ -22,12 +22,14 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from types import FrameType, TracebackType
+from typing import Any, Final, NoReturn, Self
 
 import psycopg
 import uvicorn
@@ -67,6 +69,17 @@ DEFAULT_APP: Final = "function_app:app"
 DEFAULT_SIMULATOR_PORT: Final = 7072
 WEBHOOK_ROUTE: Final = "v1/whatsapp/webhook"
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
+# Past the grace period every step of a stop is bounded, because what still runs then may never
+# end (a function waiting on a black-holed database, a hook that hangs): cancelled work gets
+# _CANCEL_SECONDS to unwind, shutdown hooks _HOOK_SECONDS together, the host's clients
+# _CLOSE_SECONDS; whatever ignores all that is left behind.
+_CANCEL_SECONDS: Final = 1.0
+_HOOK_SECONDS: Final = 1.5
+_CLOSE_SECONDS: Final = 0.5
+# The CLI exits this long after the grace period whatever still holds the process (a thread
+# stuck in a blocking call, a task that swallows its cancellation): the sum of the bounded steps
+# above and in _run, plus a margin.
+STOP_OVERRUN_SECONDS: Final = 5.0
 _HTTP_TRIGGER: Final = "httpTrigger"
 _SERVICE_BUS_TRIGGER: Final = "serviceBusTrigger"
 _TIMER_TRIGGER: Final = "timerTrigger"
@@ -191,38 +204,71 @@ class LocalHost:
             raise
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop taking work, let running functions finish (up to ``grace`` s), release all."""
+        """Stop taking work, let running functions finish (up to ``grace`` s), release all.
+
+        Past ``grace`` what still runs is cancelled, and each later step is bounded too, so this
+        returns within about ``grace`` + 3 s even if a function or a shutdown hook never ends
+        (it is then left behind, cancelled).
+        """
         if self._stopped:
             return
         self._stopped = True
-        grace = self._grace if grace is None else grace
+        grace = max(0.0, self._grace if grace is None else grace)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         if self._server is not None:
             self._server.should_exit = True
             if grace <= 0:
                 self._server.force_exit = True
-        await asyncio.gather(
-            *(trigger.stop(deadline) for trigger in self._queue_triggers),
-            *(timer.stop(deadline) for timer in self._timers),
-        )
-        if self._serve_task is not None:
-            try:
-                await self._serve_task
-            except Exception:
-                logger.exception("the HTTP server failed while stopping")
+        await asyncio.gather(self._stop_http(deadline), self._stop_triggers(deadline))
+        hooks_deadline = loop.time() + _HOOK_SECONDS
         for hook in self._on_shutdown:
-            try:
-                await hook()
-            except Exception:
-                logger.exception("a shutdown hook failed")
-        if self._bus is not None:
-            await self._bus.close()
-        if self._pool is not None:
-            await self._pool.close()
+            name = getattr(hook, "__qualname__", repr(hook))
+            await _bounded(hook(), hooks_deadline - loop.time(), f"shutdown hook {name}")
+        await _bounded(self._close_clients(), _CLOSE_SECONDS, "closing the host's database pool")
         self._invoker.close()
         if self._guard is not None:
             self._guard.close()
+
+    async def _stop_http(self, deadline: float) -> None:
+        server, serving = self._server, self._serve_task
+        if server is None or serving is None:
+            return
+        loop = asyncio.get_running_loop()
+        # uvicorn stops listening, closes idle connections and waits for running requests.
+        await asyncio.wait([serving], timeout=max(0.0, deadline - loop.time()))
+        if not serving.done():
+            requests = list(server.server_state.tasks)
+            if requests:
+                logger.warning("cutting off %d HTTP request(s) still running", len(requests))
+            for request in requests:
+                request.cancel()  # the adapter answers 503
+            await asyncio.wait([serving], timeout=_CANCEL_SECONDS)
+        if not serving.done():
+            # Connections that still will not close (their requests ignore the cancellation).
+            server.force_exit = True
+            await asyncio.wait([serving], timeout=_CLOSE_SECONDS / 2)
+        if not serving.done():
+            logger.warning("the HTTP server did not stop in time; abandoned")
+            serving.cancel()
+        elif not serving.cancelled() and serving.exception() is not None:
+            logger.error("the HTTP server failed while stopping", exc_info=serving.exception())
+
+    async def _stop_triggers(self, deadline: float) -> None:
+        stops = [
+            *(trigger.stop(deadline) for trigger in self._queue_triggers),
+            *(timer.stop(deadline) for timer in self._timers),
+        ]
+        if stops:
+            # The triggers cancel their functions at the deadline and then wait for them.
+            seconds = deadline - asyncio.get_running_loop().time() + _CANCEL_SECONDS
+            await _bounded(asyncio.gather(*stops), seconds, "stopping queue and timer triggers")
+
+    async def _close_clients(self) -> None:
+        if self._bus is not None:
+            await self._bus.close()
+        if self._pool is not None:
+            await self._pool.close(timeout=_CLOSE_SECONDS)
 
     async def wait_closed(self) -> None:
         """Return when the HTTP server ends (after :meth:`stop`, or if it fails on its own)."""
@@ -369,7 +415,8 @@ class LocalHost:
             server_header=False,
             # Unused by that protocol, which keeps its own; stated for whoever reads the config.
             timeout_keep_alive=max(1, math.ceil(limits.keep_alive_timeout)),
-            timeout_graceful_shutdown=max(1, math.ceil(self._grace)),
+            # stop() cuts requests off at the grace period itself; this is uvicorn's backstop.
+            timeout_graceful_shutdown=math.ceil(self._grace) + 1,
         )
         self._server = _Server(config)
         self._serve_task = asyncio.create_task(
@@ -420,6 +467,28 @@ async def serve(
     return local_host
 
 
+async def _bounded(work: Awaitable[object], seconds: float, what: str) -> bool:
+    """Await ``work`` for at most ``seconds``; past that cancel it and go on without waiting for
+    it (it may well ignore the cancellation). False when it did not finish in time."""
+    task = asyncio.ensure_future(work)
+    # However late, a step gets a moment: one that is already done should not be abandoned.
+    await asyncio.wait([task], timeout=max(seconds, 0.05))
+    if not task.done():
+        task.cancel()
+        task.add_done_callback(_ignore_outcome)
+        logger.warning("%s did not finish within %.1f s; abandoned", what, seconds)
+        return False
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s failed", what, exc_info=task.exception())
+    return True
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    # Retrieved so that asyncio does not report it: the step was already given up on.
+    if not task.cancelled():
+        task.exception()
+
+
 def _within_descriptor_limit(limits: HttpLimits) -> HttpLimits:
     """``limits`` with at most half the process's file descriptors for HTTP connections: the rest
     are the app's (database, Graph API), which a flood of clients must not starve."""
@@ -460,16 +529,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("could not start the embedded PostgreSQL; set DATABASE_URL instead")
             return 1
         os.environ["DATABASE_URL"] = embedded.database_url
+    watchdog = _ExitWatchdog()
+    runner = asyncio.Runner(loop_factory=_loop_factory())
+    code, left_behind = 130, False
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_run(args, config, local_settings, port, embedded))
+        code, left_behind = runner.run(_run(args, config, local_settings, port, embedded, watchdog))
     except (KeyboardInterrupt, asyncio.CancelledError):
         logger.warning("interrupted")
-        return 130
     finally:
-        if embedded is not None:
-            embedded.stop()
-            logger.info("embedded PostgreSQL released")
+        try:
+            if not left_behind:
+                # It cancels and awaits what is left; should that hang, the watchdog ends it.
+                runner.close()
+        finally:
+            if embedded is not None:
+                embedded.stop()
+                logger.info("embedded PostgreSQL released")
+    if left_behind or _threads_still_running(_CLOSE_SECONDS):
+        # The interpreter's exit would wait for them (a sync function stuck in its thread, a
+        # task that swallows its cancellation) for as long as they take: maybe forever.
+        logger.warning("exiting without waiting for work that ignored the stop")
+        _exit_now(code)
+    return code
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -485,6 +566,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"HTTP port (default: local.settings.json Host.LocalHttpPort, else {DEFAULT_PORT})",
     )
     parser.add_argument("--no-timers", action="store_true", help="do not run timer triggers")
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=SHUTDOWN_GRACE_SECONDS,
+        metavar="SECONDS",
+        help=(
+            "on Ctrl-C or SIGTERM, how long running functions may finish before they are cut off "
+            f"(default {SHUTDOWN_GRACE_SECONDS:g})"
+        ),
+    )
     parser.add_argument(
         "--functions",
         nargs="+",
@@ -538,23 +629,42 @@ async def _run(
     local_settings: LocalSettings,
     port: int,
     embedded: EmbeddedPostgres | None,
-) -> int:
+    watchdog: _ExitWatchdog,
+) -> tuple[int, bool]:
+    """The CLI's life in the loop: (exit code, whether tasks that ignored the stop are left)."""
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     assert main_task is not None
     stop_requested = asyncio.Event()
     started = False
+    received: list[int] = []
 
-    def on_signal(signum: int) -> None:
+    def means_now(signum: int) -> bool:
         # Before start-up completes there is nothing to drain: abandon start-up at once. A second
         # Ctrl-C while draining means "now"; a repeated SIGTERM does not (supervisors such as
         # `timeout` send it to the whole process group, so one request can arrive twice).
-        if not started or (stop_requested.is_set() and signum == signal.SIGINT):
+        return not started or (bool(received) and signum == signal.SIGINT)
+
+    def on_signal(signum: int, now: bool) -> None:
+        if now:
             main_task.cancel()
         stop_requested.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+    def on_os_signal(signum: int, frame: FrameType | None) -> None:
+        # A plain signal handler rather than loop.add_signal_handler: it runs even while a
+        # function blocks the loop in a call (the call is interrupted), so the watchdog is armed
+        # whatever the loop is doing. Only assignments and a pipe write here: no locks.
+        now = means_now(signum)
+        received.append(signum)
+        if now:
+            watchdog.arm(STOP_OVERRUN_SECONDS, 130)
+        else:
+            watchdog.arm(args.shutdown_grace + STOP_OVERRUN_SECONDS, 0)
+        loop.call_soon_threadsafe(on_signal, signum, now)
+
+    previous_handlers = {
+        signum: signal.signal(signum, on_os_signal) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     simulator: CloudApiSimulator | None = None
     try:
         database_url = os.environ["DATABASE_URL"]
@@ -568,11 +678,11 @@ async def _run(
             logger.error("cannot start: %s", error)
             if simulator is not None:
                 await simulator.stop()
-            return 1
+            return 1, False
         except Exception:
             # The app failed to import or index: its traceback is what the developer needs.
             logger.exception("cannot start")
-            return 1
+            return 1, False
         started = True
         _warn_about_bus_backend(host)
         sys.stdout.write(_banner(host, args.app, local_settings, database_url, embedded, simulator))
@@ -589,12 +699,81 @@ async def _run(
         )
         await host.stop()
         if simulator is not None:
-            await simulator.stop()
+            await _bounded(simulator.stop(), _CLOSE_SECONDS, "stopping the simulator")
+        all_ended = await _cancel_left_over_tasks()
         logger.info("stopped")
-        return 0 if stop_requested.is_set() else 1
+        return (0 if stop_requested.is_set() else 1), not all_ended
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+
+
+async def _cancel_left_over_tasks() -> bool:
+    """Cancel the tasks a stop left behind; False when some ignore it (nothing can end them)."""
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return True
+    _, pending = await asyncio.wait(tasks, timeout=_CLOSE_SECONDS)
+    if pending:
+        logger.warning("%d task(s) ignored their cancellation", len(pending))
+    return not pending
+
+
+def _threads_still_running(seconds: float) -> bool:
+    """Whether a thread the interpreter would wait for at exit is still running ``seconds`` on."""
+    deadline = time.monotonic() + seconds
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            return True
+    return False
+
+
+def _exit_now(code: int) -> NoReturn:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class _ExitWatchdog:
+    """Ends the process when a requested stop overruns its bound. What holds it then (a thread
+    stuck in a blocking call, a loop blocked by one, a task that swallows its cancellation) would
+    otherwise hold it forever, and a supervisor's SIGTERM would seem ignored."""
+
+    def __init__(self) -> None:
+        self._deadline: float | None = None
+        self._code = 0
+        # Armed from a signal handler, where taking a lock (starting a thread, setting an Event)
+        # could deadlock: arming is two assignments and a pipe write to a thread already waiting.
+        self._wake_read, self._wake_write = os.pipe()
+        threading.Thread(target=self._watch, name="exit-watchdog", daemon=True).start()
+
+    def arm(self, seconds: float, code: int) -> None:
+        """Exit with ``code`` in ``seconds`` unless the process ends first (earliest arm wins)."""
+        deadline = time.monotonic() + seconds
+        if self._deadline is None or deadline < self._deadline:
+            self._code = code
+            self._deadline = deadline
+        os.write(self._wake_write, b"!")
+
+    def _watch(self) -> None:
+        os.read(self._wake_read, 1)
+        while True:
+            deadline = self._deadline
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # Re-read now and then: a later arm may bring the deadline forward.
+            time.sleep(min(remaining, 0.25))
+        logger.error("the host did not stop in time; exiting without waiting any longer")
+        _exit_now(self._code)
 
 
 async def _start_simulator(
@@ -643,6 +822,7 @@ async def _start_host(
         port=port,
         config=config,
         timers=not args.no_timers,
+        shutdown_grace=args.shutdown_grace,
         on_shutdown=[_shutdown_app_services],
         only_functions=args.functions,
     )

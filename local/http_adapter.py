@@ -10,6 +10,7 @@ traceback goes to the log); returning ``None`` gives 204; a ``str`` is a ``text/
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -36,6 +37,7 @@ Send = Callable[[Message], Awaitable[None]]
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 
 _TEXT: Final = b"text/plain; charset=utf-8"
+_CLOSE: Final = (b"connection", b"close")
 _SKIPPED_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
 # Digit runs this long are phone numbers or ids tied to one; the log keeps the last four.
 _LONG_NUMBER: Final = re.compile(r"\d{7,}")
@@ -49,6 +51,12 @@ def redact_path(path: str) -> str:
 
 class _ClientGone(Exception):
     pass
+
+
+class _CutOff(Exception):
+    """The request's task was cancelled before its answer started: the host is stopping and the
+    grace period is over. The task is the request's own and ends with a 503 (re-raised, the
+    cancellation would reach uvicorn, which logs it as a crash and answers 500)."""
 
 
 class HttpAdapter:
@@ -78,6 +86,15 @@ class HttpAdapter:
             except _ClientGone:
                 logger.info(
                     "%s %s client disconnected after %.1f ms",
+                    method,
+                    redact_path(path),
+                    (time.perf_counter() - started) * 1000,
+                )
+                return
+            except _CutOff:
+                await _respond(send, 503, b"Service Unavailable", _TEXT, [_CLOSE])
+                logger.warning(
+                    "%s %s 503 cut off at shutdown after %.1f ms",
                     method,
                     redact_path(path),
                     (time.perf_counter() - started) * 1000,
@@ -116,7 +133,10 @@ class HttpAdapter:
         if declared is not None and declared.isdigit() and int(declared) > self._max_body:
             await _respond(send, 413, b"Request body too large", _TEXT)
             return 413
-        body = await _read_body(receive, self._max_body)
+        try:
+            body = await _read_body(receive, self._max_body)
+        except asyncio.CancelledError:
+            raise _CutOff from None
         if body is None:
             await _respond(send, 413, b"Request body too large", _TEXT)
             return 413
@@ -132,6 +152,8 @@ class HttpAdapter:
         try:
             result = await self._invoker.invoke(spec, request)
             status, content_type, extra, payload = _response(result)
+        except asyncio.CancelledError:
+            raise _CutOff from None
         except Exception:
             logger.exception(
                 "function %s failed (%s %s)", spec.name, scope["method"], redact_path(scope["path"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import MutableMapping
 from typing import Any
@@ -31,6 +32,16 @@ async def binary(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(
         b"\x00\x01", mimetype="application/octet-stream", headers={"Content-Length": "999"}
     )
+
+
+hanging = asyncio.Event()
+
+
+@bp.route(route="hang/{wa_id}", auth_level=func.AuthLevel.ANONYMOUS)
+async def hang(req: func.HttpRequest) -> func.HttpResponse:
+    hanging.set()
+    await asyncio.Event().wait()
+    return func.HttpResponse("unreachable")
 
 
 app = func.FunctionApp()
@@ -127,6 +138,53 @@ async def test_one_log_line_per_request_without_query_or_phone_number(
     assert lines[0].endswith(" ms")
     assert lines[1].startswith("GET /api/missing 404 ")
     assert all("s3cret" not in line and "15551234567" not in line for line in lines)
+
+
+def scope_for(method: str, path: str) -> MutableMapping[str, Any]:
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "scheme": "http",
+        "server": ("127.0.0.1", 7071),
+    }
+
+
+@pytest.mark.parametrize("where", ["function", "body"])
+async def test_request_cut_off_at_shutdown_is_answered_503(
+    adapter: HttpAdapter, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    # The host cancels the request's task when the grace period is over, in the function or
+    # while the body is still coming.
+    sent: list[MutableMapping[str, Any]] = []
+    body_wanted = asyncio.Event()
+
+    async def receive() -> MutableMapping[str, Any]:
+        if where == "body":
+            body_wanted.set()
+            await asyncio.Event().wait()
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    hanging.clear()
+    request = asyncio.create_task(
+        adapter(scope_for("POST", "/api/hang/15551234567"), receive, send)
+    )
+    await asyncio.wait_for((hanging if where == "function" else body_wanted).wait(), 5)
+    with caplog.at_level(logging.INFO, logger="local.http_adapter"):
+        request.cancel()
+        await request  # ends normally: the cancellation stops at the request's own task
+    start, body = sent
+    assert start["status"] == 503
+    assert (b"connection", b"close") in start["headers"]
+    assert body["body"] == b"Service Unavailable"
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("POST /api/hang/*******4567 503 cut off at shutdown after ")
 
 
 @pytest.mark.parametrize(
