@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from shared_code.db.pool import Connection
-from shared_code.db.statuses import fold_statuses
+from shared_code.db.statuses import fold_statuses, storable_error_code
 from shared_code.ratelimit import Decision, RateCharge, decision_of
 
 __all__ = [
@@ -299,7 +299,7 @@ async def record_failed(
             gave_up_at = CASE WHEN %s THEN clock_timestamp() END, updated_at = now()
         WHERE id = %s AND wamid IS NULL
         """,
-        (code, title, details, gave_up, outbound_id),
+        (storable_error_code(code), title, details, gave_up, outbound_id),
     )
 
 
@@ -331,7 +331,7 @@ async def record_requeue(
         {
             "delay": delay_seconds,
             "keep": keep_in_flight,
-            "code": code,
+            "code": storable_error_code(code),
             "title": title,
             "id": outbound_id,
         },

@@ -10,7 +10,16 @@ from psycopg.types.json import Jsonb
 
 from shared_code.db.pool import Connection
 
-__all__ = ["StatusRow", "fold_statuses", "record_status"]
+__all__ = ["StatusRow", "fold_statuses", "record_status", "storable_error_code"]
+
+
+_INT32 = range(-(2**31), 2**31)
+
+
+def storable_error_code(code: int | None) -> int | None:
+    """Meta's error code as the ``integer`` columns take it: one that does not fit (a hostile
+    or broken payload) is dropped, not allowed to fail the write; the payload keeps it."""
+    return code if code is not None and code in _INT32 else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,7 +119,7 @@ async def record_status(conn: Connection, row: StatusRow) -> tuple[bool, bool]:
             "status": row.status,
             "status_timestamp": row.status_timestamp,
             "recipient_id": row.recipient_id,
-            "error_code": row.error_code,
+            "error_code": storable_error_code(row.error_code),
             "error_title": row.error_title,
             "error_details": row.error_details,
             "biz_opaque_callback_data": row.biz_opaque_callback_data,

@@ -591,7 +591,11 @@ def parse_contact(raw: object) -> Contact:
 def _parse(raw: object, model: type[_T], what: str) -> _T:
     if not isinstance(raw, dict):
         raise PayloadError(f"{what} is a JSON {_json_type(raw)}, not an object")
-    data: dict[str, Any] = raw
+    # "_raw" is the wire name of the ``raw`` field (filled below from the input itself): a key
+    # of that name in Meta's payload must not be read as it, let alone fail the whole message.
+    data: dict[str, Any] = (
+        {key: value for key, value in raw.items() if key != "_raw"} if "_raw" in raw else raw
+    )
     for _ in range(_MAX_DROPPED_FIELDS + 1):
         # strict=False is what turns Meta's "1749416383" strings into datetimes (and "131047"
         # into an int code); strings that are neither numbers nor RFC 3339 still fail.
