@@ -164,9 +164,9 @@ class QueueTrigger:
             message = self._running.get(task)
             if message is not None:
                 logger.warning(
-                    "%s: cut off at shutdown; message %s (delivery %s) is left to lock expiry",
+                    "%s: cut off at shutdown; message #%s (delivery %s) is left to lock expiry",
                     self.spec.name,
-                    message.message_id,
+                    message.sequence_number,
                     message.delivery_count,
                 )
             task.cancel()
@@ -292,7 +292,9 @@ class QueueTrigger:
             if message is not None:
                 # Received, never run (stopping, or the renewal window ended): it returns to the
                 # queue when the session is released (its lock only counts under the session's).
-                logger.debug("%s: handing back message %s", self.spec.name, message.message_id)
+                logger.debug(
+                    "%s: handing back message #%s", self.spec.name, message.sequence_number
+                )
         except SessionLockLost:
             logger.warning(
                 "%s: session lock lost; the session's messages go to the next holder",
@@ -340,7 +342,7 @@ class QueueTrigger:
                 lambda: self._bus.renew_message_lock(message),
                 self._renew_interval(),
                 time.monotonic() + self._config.max_auto_lock_renewal_duration.total_seconds(),
-                f"{self.spec.name}: lock of message {message.message_id}",
+                f"{self.spec.name}: lock of message #{message.sequence_number}",
             )
         )
         started = time.perf_counter()
@@ -349,11 +351,12 @@ class QueueTrigger:
             await self._invoker.invoke(self.spec, to_function_message(message))
         except Exception as error:
             failed = True
-            # Name, id and delivery count only: bodies carry message text and phone numbers.
+            # Name, queue sequence number and delivery count only: bodies carry message text and
+            # phone numbers, and message ids are wamids (base64 holding the user's number).
             logger.exception(
-                "%s failed on message %s (delivery %s): %s",
+                "%s failed on message #%s (delivery %s): %s",
                 self.spec.name,
-                message.message_id,
+                message.sequence_number,
                 message.delivery_count,
                 type(error).__name__,
             )
@@ -367,9 +370,9 @@ class QueueTrigger:
         if complete and self._config.auto_complete_messages:
             await self._settle(self._bus.complete, message, "complete")
         logger.info(
-            "%s ran on message %s (delivery %s) in %.1f ms",
+            "%s ran on message #%s (delivery %s) in %.1f ms",
             self.spec.name,
-            message.message_id,
+            message.sequence_number,
             message.delivery_count,
             (time.perf_counter() - started) * 1000,
         )
@@ -389,18 +392,18 @@ class QueueTrigger:
     def _log_settle_failure(self, message: ReceivedMessage, action: str, error: Exception) -> None:
         if isinstance(error, MessageLockLost):
             logger.warning(
-                "%s: lock on message %s expired before %s; it will be delivered again",
+                "%s: lock on message #%s expired before %s; it will be delivered again",
                 self.spec.name,
-                message.message_id,
+                message.sequence_number,
                 action,
             )
         else:
             logger.warning(
-                "%s: could not %s message %s (%s); it returns after its lock expires",
+                "%s: could not %s message #%s (%s); it returns after its lock expires",
                 self.spec.name,
                 action,
-                message.message_id,
-                error,
+                message.sequence_number,
+                type(error).__name__,
             )
 
     # --- waiting --------------------------------------------------------------------------------

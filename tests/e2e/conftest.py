@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, personal_data_in
 
 APP_SECRET = "e2e-app-secret"
 VERIFY_TOKEN = "e2e-verify-token"
@@ -101,6 +101,24 @@ def start_dev_host(database_url: str, tmp_path: Path) -> Iterator[HostFactory]:
                 process.kill()
                 process.wait()
             assert process.returncode == 0, f"dev host did not stop cleanly:\n{host.log()}"
+        for _, host in running:
+            leaks = host_log_leaks(host.log())
+            assert not leaks, f"the dev host's log holds personal data: {leaks[:5]}"
+
+
+def host_log_leaks(log: str) -> list[str]:
+    """Personal data in a host's output, except its start-up banner (dev defaults and an example
+    user's number, printed on purpose so a developer can sign and send a test webhook)."""
+    leaks: list[str] = []
+    in_banner = False
+    for line in log.splitlines():
+        if line.startswith("Functions in "):
+            in_banner = True
+        elif line.startswith("Listening on "):
+            in_banner = False
+        elif not in_banner:
+            leaks += personal_data_in(line)
+    return leaks
 
 
 @pytest.fixture
