@@ -238,6 +238,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
+        if self._phase is _Phase.IDLE:
+            # Begun in the same read as the end of an answered request's body.
+            self._enter(_Phase.HEAD, self._limits.header_timeout)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -331,18 +334,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # --- helpers --------------------------------------------------------------------------------
 
     def _close_with(self, status: int | None) -> None:
-        """Answer ``status`` if nothing else is being answered on the connection; close it."""
+        """Answer ``status`` unless the request in progress has (or is getting) another answer;
+        close the connection."""
         cycle = self.cycle
-        if status is not None and not self.pipeline:
-            if cycle is None or cycle.response_complete:
+        if status is not None:
+            if self._phase is _Phase.HEAD:
+                # No request in progress: the head is the next one's.
                 self.transport.write(self._final_response(status))
-            elif self._phase is _Phase.BODY and not cycle.response_started:
+            elif self._phase is _Phase.BODY and cycle is not None and not cycle.response_started:
                 # The app still waits for this request's body: it now reads a disconnect, and
                 # anything it sends is dropped.
                 cycle.disconnected = True
                 cycle.message_event.set()
                 self.transport.write(self._final_response(status))
-            # Otherwise another request is being answered: the status would pass for its answer.
         self.deadline = math.inf
         self.transport.close()
 

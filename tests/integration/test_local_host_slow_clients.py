@@ -191,6 +191,18 @@ async def test_a_chunked_body_trickled_chunk_by_chunk_is_still_due_in_time(
     assert time.monotonic() - started <= BODY_TIMEOUT + SLACK
 
 
+async def test_a_body_still_coming_after_an_early_answer_is_cut_off_without_a_second_one(
+    host: LocalHost,
+) -> None:
+    # No such route: answered 404 at once, while the body is still on its way.
+    reader, writer = await connect(host)
+    writer.write(b"POST /api/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    assert (await read_response(reader))[0] == 404
+    received = await read_until_closed(reader, BODY_TIMEOUT + SLACK)
+    close(writer)
+    assert received == b""
+
+
 async def test_hundreds_of_slow_connections_do_not_hold_up_a_normal_request() -> None:
     # Heads due in 3 s: the slow connections are all still open when the normal request comes.
     limits = HttpLimits(header_timeout=3.0, body_timeout=3.0, max_connections=300)
