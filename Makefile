@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup dev test lint unit integration e2e bench-ingest bench-sender bench-e2e doctor clean
+.PHONY: setup dev test lint unit integration e2e fuzz fuzz-short faults bench-ingest bench-sender bench-e2e doctor clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ integration: setup
 
 e2e: setup
 	$(BIN)/pytest tests/e2e
+
+fuzz-short: setup  ## the fuzz suite alone: corpus + 300 hypothesis batches on real PostgreSQL
+	$(BIN)/pytest tests/fuzz
+
+fuzz: setup  ## the full fuzz run: 100,000 hostile signed webhooks into the dev host (scripts/fuzz_webhook.py)
+	$(BIN)/python -m scripts.fuzz_webhook
 
 bench-ingest: setup  ## benchmark: signed webhooks against the dev host (see bench/ingest/README.md)
 	$(BIN)/python -m bench.ingest
