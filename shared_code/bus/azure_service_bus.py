@@ -96,7 +96,7 @@ class AzureServiceBus:
         except ValueError as error:
             # The SDK's own checks (an id over 128 characters, a bad property): never sendable.
             raise PublishError(
-                f"a message for queue {queue} is invalid: {error}", permanent=True
+                f"a message for queue {queue} is invalid ({type(error).__name__})", permanent=True
             ) from error
         queue_sender = await self._sender_for(queue)
         async with queue_sender.lock:
@@ -104,15 +104,16 @@ class AzureServiceBus:
                 batches = await _send_in_batches(queue_sender.sender, outgoing)
             except MessageSizeExceededError as error:
                 raise PublishError(
-                    f"a message for queue {queue} is too large: {error}", permanent=True
+                    f"a message for queue {queue} is too large", permanent=True
                 ) from error
             except AzureError as error:
                 # The link may be broken for good (entity recreated, credentials rotated): the
                 # next publish starts from a new sender.
                 await self._discard_sender(queue, queue_sender)
+                # The error class only: the SDK's text may quote a message id (a wamid).
                 raise PublishError(
                     f"Service Bus did not accept {len(messages)} message(s) for queue {queue}: "
-                    f"{type(error).__name__}: {error}"
+                    f"{type(error).__name__}"
                 ) from error
         logger.debug("queue %s: sent %s message(s) in %s batch(es)", queue, len(outgoing), batches)
 

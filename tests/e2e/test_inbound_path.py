@@ -57,8 +57,12 @@ def test_verification_handshake(dev_host: RunningHost) -> None:
     params = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "42"}
     answer = httpx.get(dev_host.webhook_url, params=params)
     assert (answer.status_code, answer.text) == (200, "42")
+    # The challenge is the caller's string echoed back: never to be sniffed into HTML.
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert answer.headers["x-content-type-options"] == "nosniff"
     wrong = httpx.get(dev_host.webhook_url, params={**params, "hub.verify_token": "x"})
     assert wrong.status_code == 403
+    assert wrong.headers["x-content-type-options"] == "nosniff"
     # The verify token travels in the query string: the request log line must not carry it.
     assert VERIFY_TOKEN not in dev_host.log()
 
