@@ -568,7 +568,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-timers", action="store_true", help="do not run timer triggers")
     parser.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=_seconds,
         default=SHUTDOWN_GRACE_SECONDS,
         metavar="SECONDS",
         help=(
@@ -601,6 +601,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--app", default=DEFAULT_APP, help=f"module:attribute of the FunctionApp ({DEFAULT_APP})"
     )
     return parser.parse_args(argv)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text}")
+    return value
 
 
 def _configure_logging(level: str) -> None:

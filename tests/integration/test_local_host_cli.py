@@ -116,3 +116,15 @@ def test_embedded_postgres_creates_reuses_and_stops(tmp_path: Path) -> None:
         second.stop()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(second.database_url, connect_timeout=2)
+
+
+@pytest.mark.parametrize("grace", ["-1", "nan", "soon"])
+def test_shutdown_grace_must_be_seconds(grace: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "local", "--shutdown-grace", grace],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert b"--shutdown-grace" in result.stderr
