@@ -44,12 +44,25 @@ class Services:
     agent_http: httpx.AsyncClient
 
     async def close(self) -> None:
-        await self.intake.drain()
+        # Bounded: a database that accepts and never answers must not hold a worker's shutdown
+        # (what the drain leaves pending, the outbox sweeper publishes later).
+        try:
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                await self.intake.drain()
+        except TimeoutError:
+            logger.warning("shutdown: forwarding still running after %.0f s; left", _DRAIN_SECONDS)
         await self.graph.aclose()
         await self.agent_http.aclose()
-        await self.bus.close()
-        await self.pool.close()
+        try:
+            async with asyncio.timeout(_POOL_CLOSE_SECONDS):
+                await self.bus.close()
+        except TimeoutError:
+            logger.warning("shutdown: the bus did not close in %.0f s; left", _POOL_CLOSE_SECONDS)
+        await self.pool.close(timeout=_POOL_CLOSE_SECONDS)
 
+
+_DRAIN_SECONDS = 5.0
+_POOL_CLOSE_SECONDS = 2.0
 
 _services: Services | None = None
 _lock: asyncio.Lock | None = None

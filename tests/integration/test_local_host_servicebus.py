@@ -238,7 +238,9 @@ async def test_failure_abandons_until_dead_lettered(
     assert dead[0].dead_letter_reason == MAX_DELIVERY_COUNT_EXCEEDED
     failures = [r for r in caplog.records if "always_fails failed" in r.getMessage()]
     assert failures
-    assert "doomed" in failures[0].getMessage()
+    # Named by its queue sequence number: a message id is a wamid (base64 of a phone number).
+    assert f"message #{dead[0].sequence_number}" in failures[0].getMessage()
+    assert "doomed" not in failures[0].getMessage()
     assert "delivery 1" in failures[0].getMessage()
     assert all("private text" not in r.getMessage() for r in caplog.records)
 
