@@ -138,14 +138,15 @@ class EventProcessor:
         return Outcome.REJECTED
 
     async def _route_fallback(self, identity: _EventIdentity, reason: str) -> bool:
-        sender = identity.sender
-        assert sender is not None and identity.key is not None
-        # A bare row: what the message was and why it could not be processed, so the
-        # conversation shows it and the reply has something to answer.
+        """Store a bare row of the message and have the fallback text sent; False when the
+        message had already been answered."""
+        assert identity.sender is not None and identity.key is not None
+        # What the message was and why it could not be processed, so the conversation shows it
+        # and the reply has something to answer.
         row = conversations.InboundMessageRow(
             wamid=identity.key,
             phone_number_id=identity.phone_number_id,
-            contact_wa_id=sender,
+            contact_wa_id=identity.sender,
             profile_name=None,
             message_type=identity.message_type or "unknown",
             text_body=None,
@@ -153,31 +154,8 @@ class EventProcessor:
             context_wamid=None,
             whatsapp_timestamp=datetime.now(UTC),
         )
-        async with self._pool.connection() as conn:
-            stored = await conversations.store_inbound(conn, row)
-            first = stored is not None
-            if stored is None:
-                stored = await conversations.find_inbound(conn, identity.key)
-                if stored is None:
-                    return False
-        await self._router.route(
-            InboundForRouting(
-                message_id=stored.message_id,
-                conversation_id=stored.conversation_id,
-                contact_id=stored.contact_id,
-                wamid=identity.key,
-                phone_number_id=identity.phone_number_id,
-                contact_wa_id=sender,
-                message_type=identity.message_type or "unknown",
-                text=None,
-                reply_id=None,
-                first_routing=first,
-                fallback_only=True,
-            )
-        )
-        async with self._pool.connection() as conn:
-            await conversations.mark_routed(conn, stored.message_id)
-        return True
+        _, routed = await self._store_and_route(row, fallback_only=True)
+        return routed
 
     async def _store_message(self, event: MessageEvent) -> Outcome:
         message = event.message
@@ -192,31 +170,44 @@ class EventProcessor:
             context_wamid=message.context.id if message.context else None,
             whatsapp_timestamp=message.timestamp,
         )
+        outcome, _ = await self._store_and_route(row, reply_id=message.reply_id)
+        return outcome
+
+    async def _store_and_route(
+        self,
+        row: conversations.InboundMessageRow,
+        *,
+        reply_id: str | None = None,
+        fallback_only: bool = False,
+    ) -> tuple[Outcome, bool]:
+        """Store the message once and route it unless a delivery before already did; returns
+        the outcome and whether it was routed now."""
         async with self._pool.connection() as conn:
             stored = await conversations.store_inbound(conn, row)
             outcome = Outcome.STORED
             if stored is None:
-                stored = await conversations.find_inbound(conn, message.id)
+                stored = await conversations.find_inbound(conn, row.wamid)
                 outcome = Outcome.DUPLICATE
                 if stored is None or stored.routed:
-                    return outcome
+                    return outcome, False
         await self._router.route(
             InboundForRouting(
                 message_id=stored.message_id,
                 conversation_id=stored.conversation_id,
                 contact_id=stored.contact_id,
-                wamid=message.id,
-                phone_number_id=event.phone_number_id,
-                contact_wa_id=message.from_,
-                message_type=message.type.value,
-                text=message.text_preview,
-                reply_id=message.reply_id,
+                wamid=row.wamid,
+                phone_number_id=row.phone_number_id,
+                contact_wa_id=row.contact_wa_id,
+                message_type=row.message_type,
+                text=row.text_body,
+                reply_id=reply_id,
                 first_routing=outcome is Outcome.STORED,
+                fallback_only=fallback_only,
             )
         )
         async with self._pool.connection() as conn:
             await conversations.mark_routed(conn, stored.message_id)
-        return outcome
+        return outcome, True
 
 
 class _Identity(msgspec.Struct, kw_only=True):
