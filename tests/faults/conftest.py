@@ -30,6 +30,12 @@ from tests.faults.harness import SESSION, Cluster
 ClusterFactory = Callable[[str], Awaitable[Cluster]]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pyproject.toml registers it; this keeps the folder runnable on a checkout that does not.
+    if not any(str(line).startswith("faults:") for line in config.getini("markers")):
+        config.addinivalue_line("markers", "faults: fault-injection scenarios (tests/faults)")
+
+
 # The names of the tests selected to run (after -k / -m): only their background scenarios start.
 _SELECTED: set[str] = set()
 # Measures answer times: it runs first, on a machine the other scenarios do not load yet.

@@ -775,6 +775,7 @@ async def wait_for_replies(
         if all(per_inbound.get(w, 0) for w in expected):
             took = time.monotonic() - started
             break
-        await asyncio.sleep(1.0)
+        # Each look reads every send and reply row: rarer at the full size.
+        await asyncio.sleep(sized(1.0, 5.0))
     await asyncio.sleep(quiet)
     return round(took, 1)
