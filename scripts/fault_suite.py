@@ -29,7 +29,7 @@ _COLUMNS = (
     ("webhooks sent", "webhook_posts"),
     ("answered 200", "answered_200"),
     ("answered 503", "answered_503"),
-    ("answered other", None),
+    ("no answer or other", None),
     ("bodies 200 not stored", "bodies_200_not_stored"),
     ("messages", "inbound_expected"),
     ("message rows", "inbound_rows"),
@@ -103,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.render is not None:
         document = json.loads(args.render.read_text())
-        target = args.render.with_name(f"summary-{document['scale']}.md")
+        stem = args.render.stem.replace("results", "summary", 1)
+        target = args.render.with_name(
+            f"{stem if stem != args.render.stem else 'summary-' + stem}.md"
+        )
         target.write_text(render(document))
         print(target)
         return 0

@@ -697,6 +697,15 @@ async def delivery_counts(
         "GROUP BY status",
     )
     per_inbound, sent, unmatched = await reply_counts(database_url, simulator)
+    # Events the bridge gave up on (whatsapp_event_failures, where the schema has it): a
+    # message among them answered 200 and never processed is a loss, whatever the reason says.
+    gave_up: list[tuple[Any, ...]] = []
+    if (await query(database_url, "SELECT to_regclass('whatsapp_event_failures')"))[0][0]:
+        gave_up = await query(
+            database_url,
+            "SELECT stage, kind, left(reason, 120), count(*) FROM whatsapp_event_failures "
+            "GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 10",
+        )
     histogram = Counter(per_inbound.get(w, 0) for w in expected)
     counts: dict[str, Any] = {
         "inbound_expected": len(expected),
@@ -711,6 +720,10 @@ async def delivery_counts(
         "replied_more_than_once": sum(n for k, n in histogram.items() if k > 1),
         "duplicate_replies": sum((k - 1) * n for k, n in histogram.items() if k > 1),
         "sends_without_reply_row": unmatched,
+        "events_given_up": [
+            {"stage": stage, "kind": kind, "reason": reason, "count": n}
+            for stage, kind, reason, n in gave_up
+        ],
     }
     if deliveries:
         ok = [d for d in deliveries if d.ok]

@@ -94,6 +94,18 @@ def _outage_report(attempts: list[Attempt], start: float, end: float) -> dict[st
     }
 
 
+def _until_aligned() -> float:
+    """Seconds to wait (under load, as a warm-up) so that the first cycle's DROP outage ends
+    a few seconds after a minute starts: the outbox sweeper runs at second 0, and a sweep that
+    meets connections reset mid-stream must not take the refusals for poison."""
+    warm_up = 4.0
+    drop_start = OUTAGE_SECONDS + PASS_SECONDS  # after the first outage begins
+    offset = 3.0 - OUTAGE_SECONDS - drop_start  # from the minute's start
+    now = time.time()
+    wait = (offset - now) % 60
+    return wait if wait >= warm_up else wait + 60
+
+
 class _SteadyLoad:
     """New signed webhooks at a fixed rate, each delivered as Meta would (retried until 200)."""
 
@@ -169,9 +181,11 @@ async def _outages(cluster: Cluster, proxy: TcpProxy, rng: random.Random, record
     async with Meta(cluster.webhook_url, concurrency=256, timeout=30.0) as meta:
         load = _SteadyLoad(meta, users, rng, deadline)
         load.start()
+        await asyncio.sleep(_until_aligned())
         for cycle in range(CYCLES):
-            for mode in OUTAGES:
-                await asyncio.sleep(PASS_SECONDS)
+            for index, mode in enumerate(OUTAGES):
+                if index or cycle:
+                    await asyncio.sleep(PASS_SECONDS)
                 begin = time.monotonic()
                 proxy.set_mode(mode)
                 await asyncio.sleep(OUTAGE_SECONDS)
