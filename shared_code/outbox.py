@@ -10,9 +10,10 @@ refuses is published again event by event, and an event's messages one by one, s
 refusal lands on what it refuses:
 
 - refused for good (:attr:`PublishError.permanent`: too large, a value the broker cannot store),
-  or refused while the broker accepted an event swept after it → the message is poison: recorded
-  in ``whatsapp_event_failures`` with the reason, its row marked ``failed`` (its other messages
-  are published), never retried;
+  or refused in :data:`SWEEPS_BEFORE_POISON` attempts (the intake's own included), the last
+  while the broker accepted an event swept after it → the message is poison: recorded in ``whatsapp_event_failures`` with the reason, its
+  row marked ``failed`` (its other messages are published), never retried. (One such refusal
+  proves little: a connection reset in an outage fails one publish and the next one succeeds);
 - refused like everything after it → the broker is down: the rows stay ``pending`` with the
   reason, and the sweep stops until the next run instead of knocking on a closed door.
 """
@@ -34,6 +35,9 @@ __all__ = ["SweepReport", "sweep_outbox"]
 
 # Refusals in a row, with nothing accepted since, after which the broker is taken to be down.
 _REFUSALS_MEANING_DOWN = 3
+# Refused publish attempts of an event (the last while others were accepted) before it counts as
+# poison without the broker saying so (the sweeper runs every minute).
+SWEEPS_BEFORE_POISON = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +65,7 @@ async def sweep_outbox(
             outcome = await _publish_isolating(
                 bus,
                 queue,
-                [
-                    (event.id, bus_messages_for(event.id, split_body(event.body)))
-                    for event in pending
-                ],
+                [(event, bus_messages_for(event.id, split_body(event.body))) for event in pending],
             )
             await webhook_events.mark_published(conn, outcome.published)
             if outcome.poison:
@@ -110,7 +111,9 @@ class _Refusal:
 
 
 async def _publish_isolating(
-    bus: MessageBus, queue: str, events: Sequence[tuple[int, list[OutgoingMessage]]]
+    bus: MessageBus,
+    queue: str,
+    events: Sequence[tuple[webhook_events.PendingWebhookEvent, list[OutgoingMessage]]],
 ) -> _Outcome:
     outcome = _Outcome()
     try:
@@ -122,13 +125,15 @@ async def _publish_isolating(
             type(error).__name__,
         )
     else:
-        outcome.published = [event_id for event_id, _ in events]
+        outcome.published = [event.id for event, _ in events]
         return outcome
     accepted = 0
     refused_in_a_row = 0
     refusals: list[_Refusal] = []
     untried: list[int] = []
-    for event_id, messages in events:
+    attempts = {event.id: event.publish_attempts for event, _ in events}
+    for event, messages in events:
+        event_id = event.id
         if not messages:
             outcome.published.append(event_id)
             continue
@@ -155,8 +160,12 @@ async def _publish_isolating(
     outcome.broker_down = refused_in_a_row >= _REFUSALS_MEANING_DOWN
     transient: set[int] = set(untried)
     for refusal in refusals:
-        # Refused for good, or refused while the broker went on accepting others after it.
-        if _is_permanent(refusal.error) or refusal.accepted_before < accepted:
+        # Refused for good, or refused sweep after sweep while the broker went on accepting
+        # others after it.
+        if _is_permanent(refusal.error) or (
+            refusal.accepted_before < accepted
+            and attempts[refusal.event_id] + 1 >= SWEEPS_BEFORE_POISON
+        ):
             outcome.poison.append(_failure_of(refusal))
         else:
             transient.add(refusal.event_id)

@@ -71,14 +71,13 @@ async def failures(pool: Pool) -> list[tuple[str, str | None, str, int]]:
         return await cursor.fetchall()
 
 
-@pytest.mark.parametrize("permanent", [True, False])
 async def test_a_poison_event_at_the_head_does_not_hold_the_others(
-    pool: Pool, local_queue: LocalQueue, permanent: bool
+    pool: Pool, local_queue: LocalQueue
 ) -> None:
     payloads = [with_wamid(sample_text(sender="15551230000"), "wamid.POISON")]
     payloads += [sample_text(sender=f"1555123000{i}", text=f"good {i}") for i in range(1, 6)]
     await store_pending(pool, payloads)
-    bus = PoisonAwareBus(local_queue, {"wamid.POISON"}, permanent=permanent)
+    bus = PoisonAwareBus(local_queue, {"wamid.POISON"}, permanent=True)
 
     report = await sweep_outbox(pool, bus, QUEUE, min_age_seconds=0)
 
@@ -87,10 +86,60 @@ async def test_a_poison_event_at_the_head_does_not_hold_the_others(
     assert await local_queue.count_active(QUEUE) == 5
     [(stage, key, reason, attempts)] = await failures(pool)
     assert (stage, key, attempts) == ("publish", "wamid.POISON", 1)
-    assert ("for good" in reason) is permanent
+    assert "for good" in reason
     # Failed is final: the next sweep neither retries it nor counts it again.
     again = await sweep_outbox(pool, bus, QUEUE, min_age_seconds=0)
     assert (again.published, again.poisoned, again.failed) == (0, 0, 0)
+
+
+async def test_an_event_refused_without_reason_is_poison_only_after_three_attempts(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    # A refusal the bus does not call permanent may be a reset connection in an outage (the
+    # next publish succeeds): one such refusal must not cost a message answered 200.
+    await store_pending(pool, [with_wamid(sample_text(sender="15551230000"), "wamid.POISON")])
+    bus = PoisonAwareBus(local_queue, {"wamid.POISON"}, permanent=False)
+    reports = []
+    for sweep in range(3):
+        # Others keep arriving, and the bus takes them: evidence that it works.
+        await store_pending(pool, [sample_text(sender=f"155512301{sweep}0", text=f"s{sweep}")])
+        reports.append(await sweep_outbox(pool, bus, QUEUE, min_age_seconds=0))
+    # Its third refused attempt (the intake's own was the first) is the one that isolates it.
+    assert [(r.published, r.poisoned, r.failed) for r in reports] == [
+        (1, 0, 1),
+        (1, 1, 0),
+        (1, 0, 0),
+    ]
+    assert (await event_rows(pool))[0][0] == "failed"
+    [(stage, key, reason, _)] = await failures(pool)
+    assert (stage, key) == ("publish", "wamid.POISON")
+    assert "refused" in reason and "for good" not in reason
+
+
+async def test_an_event_refused_once_while_others_pass_stays_pending(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    class FlakyOnce(PoisonAwareBus):
+        """Refuses the flaky event's batch and its first lone publish (reset connections),
+        then takes everything."""
+
+        refusals = 2
+
+        async def publish(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+            if self.refusals and any(m.message_id in self.poison_ids for m in messages):
+                self.refusals -= 1
+                raise RuntimeError("connection reset")
+            await self.inner.publish(queue, messages)
+
+    await store_pending(pool, [with_wamid(sample_text(sender="15551230000"), "wamid.FLAKY")])
+    await store_pending(pool, [sample_text(sender="15551230001")])
+    bus = FlakyOnce(local_queue, {"wamid.FLAKY"}, permanent=False)
+    first = await sweep_outbox(pool, bus, QUEUE, min_age_seconds=0)
+    assert (first.published, first.poisoned, first.failed) == (1, 0, 1)
+    second = await sweep_outbox(pool, bus, QUEUE, min_age_seconds=0)
+    assert (second.published, second.poisoned) == (1, 0)
+    assert [row[0] for row in await event_rows(pool)] == ["published", "published"]
+    assert await failures(pool) == []
 
 
 async def test_a_lone_event_refused_for_good_is_marked_failed(
@@ -145,7 +194,7 @@ async def test_one_sweep_walks_past_rows_it_left_pending(
     payloads = [with_wamid(sample_text(sender="15551230000"), "wamid.POISON")]
     payloads += [sample_text(sender=f"155512300{i:02d}") for i in range(1, 12)]
     await store_pending(pool, payloads)
-    bus = PoisonAwareBus(local_queue, {"wamid.POISON"}, permanent=False)
+    bus = PoisonAwareBus(local_queue, {"wamid.POISON"}, permanent=True)
     report = await sweep_outbox(pool, bus, QUEUE, min_age_seconds=0, batch_size=5)
     assert (report.published, report.poisoned) == (11, 1)
     assert await local_queue.count_active(QUEUE) == 11
