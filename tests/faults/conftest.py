@@ -134,7 +134,7 @@ def _background_started(request: pytest.FixtureRequest) -> None:
 async def background(server_url: str) -> AsyncIterator[dict[str, asyncio.Task[list[str]]]]:
     """The selected background scenarios, all started when the first of their tests runs."""
     async with _clusters(server_url) as make:
-        tasks = {
+        tasks: dict[str, asyncio.Task[list[str]]] = {
             name: asyncio.create_task(
                 scenario(make, functools.partial(SESSION.record, name)), name=name
             )

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -91,7 +91,7 @@ Recorder = Callable[..., dict[str, Any]]
 # A scenario run in the background: given a cluster factory and its recorder, returns the
 # problems found (empty when the promise held).
 BackgroundScenario = Callable[
-    [Callable[[str], Awaitable["Cluster"]], Recorder], Awaitable[list[str]]
+    [Callable[[str], Awaitable["Cluster"]], Recorder], Coroutine[Any, Any, list[str]]
 ]
 # Test name -> its scenario. Scenarios that mostly wait (a lock to expire after a kill, the
 # sweeper's next minute) start together and are awaited by their own tests, so their waits
@@ -651,7 +651,7 @@ class Cluster:
 
 async def query(database_url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        cursor = await conn.execute(sql, params)  # type: ignore[arg-type]
+        cursor = await conn.execute(sql, params)
         return await cursor.fetchall()
 
 

@@ -124,7 +124,7 @@ class TcpProxy:
         params = conninfo.conninfo_to_dict(database_url)
         params["host"] = self._listen_host
         params["port"] = str(self._port)
-        return conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
+        return conninfo.make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
     # --- control, from any thread ------------------------------------------------------------
 

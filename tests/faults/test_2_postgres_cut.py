@@ -25,8 +25,10 @@ from tests.faults.harness import (
     Attempt,
     Cluster,
     Delivery,
+    Host,
     Meta,
     Recorder,
+    Simulator,
     delivery_counts,
     encode,
     inbound_message,
@@ -95,15 +97,19 @@ def _outage_report(attempts: list[Attempt], start: float, end: float) -> dict[st
 
 
 def _until_aligned() -> float:
-    """Seconds to wait (under load, as a warm-up) so that the first cycle's DROP outage ends
-    a few seconds after a minute starts: the outbox sweeper runs at second 0, and a sweep that
-    meets connections reset mid-stream must not take the refusals for poison."""
+    """Seconds to wait (under load, as a warm-up) so that the first cycle's REFUSE or DROP
+    outage, whichever comes sooner, ends a few seconds after a minute starts: the outbox sweeper
+    runs at second 0, and a sweep that meets the stale and reset connections of an outage's end
+    must not take a transient refusal for poison (it did: a message answered 200 was marked
+    failed and never processed)."""
     warm_up = 4.0
-    drop_start = OUTAGE_SECONDS + PASS_SECONDS  # after the first outage begins
-    offset = 3.0 - OUTAGE_SECONDS - drop_start  # from the minute's start
     now = time.time()
-    wait = (offset - now) % 60
-    return wait if wait >= warm_up else wait + 60
+    waits = []
+    for index in (0, 1):  # OUTAGES[0] is REFUSE, OUTAGES[1] is DROP
+        ends_after = (index + 1) * OUTAGE_SECONDS + index * PASS_SECONDS
+        wait = (3.0 - ends_after - now) % 60
+        waits.append(wait if wait >= warm_up else wait + 60)
+    return min(waits)
 
 
 class _SteadyLoad:
@@ -148,7 +154,7 @@ class _SteadyLoad:
         return sum(await asyncio.gather(*self._tasks))
 
 
-async def _start(cluster: Cluster, proxy: TcpProxy, **settings: str) -> Any:
+async def _start(cluster: Cluster, proxy: TcpProxy, **settings: str) -> tuple[Simulator, Host]:
     simulator = await cluster.start_simulator()
     host = await cluster.start_host(
         "host",

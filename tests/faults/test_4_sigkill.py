@@ -29,6 +29,7 @@ from tests.faults.harness import (
     WORKER_FUNCTIONS,
     Cluster,
     Delivery,
+    Host,
     Meta,
     Recorder,
     delivery_counts,
@@ -58,7 +59,7 @@ STATUS_DELAY_SECONDS = 75.0
 REPLY_TIMEOUT = sized(180.0, 1800.0)
 
 
-async def _two_hosts(cluster: Cluster, **worker_settings: str) -> tuple[Any, Any]:
+async def _two_hosts(cluster: Cluster, **worker_settings: str) -> tuple[Host, Host]:
     webhook = await cluster.start_host("webhook", functions=WEBHOOK_FUNCTIONS)
     worker = await cluster.start_host(
         "worker",
@@ -306,6 +307,6 @@ def _no_pending(database_url: str) -> Callable[[], Awaitable[bool]]:
         rows = await query(
             database_url, "SELECT count(*) FROM whatsapp_webhook_events WHERE status = 'pending'"
         )
-        return rows[0][0] == 0
+        return bool(rows[0][0] == 0)
 
     return check

@@ -16,7 +16,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -57,7 +57,7 @@ OUTBOX_GOOD_ROWS = sized(10, 100)
 SWEEP_TIMEOUT = 150.0
 
 
-def _json_bytes(payload: Any) -> bytes:
+def _json_bytes(payload: object) -> bytes:
     # ensure_ascii keeps NUL and lone surrogates as \u escapes, as Meta's JSON would carry them.
     return json.dumps(payload, ensure_ascii=True).encode()
 
@@ -287,7 +287,7 @@ async def _poison_in(cluster: Cluster, record: Recorder) -> list[str]:
     for message in sent:
         replies_by_user[message["wa_id"]] = replies_by_user.get(message["wa_id"], 0) + 1
     fates: dict[str, dict[str, Any]] = {}
-    for name, (delivery, wamid, user, recipient) in poison.items():
+    for name, (delivery, poison_wamid, sender, recipient) in poison.items():
         ids = await query(
             db,
             "SELECT id FROM whatsapp_webhook_events WHERE body_sha256 = %s",
@@ -296,22 +296,22 @@ async def _poison_in(cluster: Cluster, record: Recorder) -> list[str]:
         fates[f"webhook:{name}"] = await _fate(
             db,
             event_ids=[i for (i,) in ids],
-            wamid=wamid,
-            replies=replies_by_user.get(user, 0) if user else None,
+            wamid=poison_wamid,
+            replies=replies_by_user.get(sender, 0) if sender else None,
             failures_table=failures_table,
             status_recipient=recipient,
         )
         fates[f"webhook:{name}"]["answered"] = [a.status for a in delivery.attempts]
     for name in outbox_poison:
-        user = outbox_poison_user.get(name)
+        writer = outbox_poison_user.get(name)
         is_status = name.startswith("status")
         fates[f"outbox:{name}"] = await _fate(
             db,
             event_ids=[inserted[name]],
             wamid=None,
-            replies=replies_by_user.get(user, 0) if user and not is_status else None,
+            replies=replies_by_user.get(writer, 0) if writer and not is_status else None,
             failures_table=failures_table,
-            status_recipient=user if is_status else None,
+            status_recipient=writer if is_status else None,
         )
     queue_poison = {
         "dead_lettered": await query(
@@ -377,7 +377,7 @@ async def _poison_in(cluster: Cluster, record: Recorder) -> list[str]:
     return problems
 
 
-def _swept(database_url: str, event_ids: list[int]) -> Callable[[], Any]:
+def _swept(database_url: str, event_ids: list[int]) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         rows = await query(
             database_url,
