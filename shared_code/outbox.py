@@ -62,10 +62,23 @@ async def sweep_outbox(
             if not pending:
                 break
             last = pending[-1]
+            splits = [(event, split_body(event.body)) for event in pending]
+            # Nothing to publish in it after all (a row written by hand, or by an older version):
+            # it takes the status and reason the intake would have given it.
+            unpublishable = [
+                (event.id, split.status, split.reason)
+                for event, split in splits
+                if split.status != "pending"
+            ]
+            await webhook_events.mark_unpublishable(conn, unpublishable)
             outcome = await _publish_isolating(
                 bus,
                 queue,
-                [(event, bus_messages_for(event.id, split_body(event.body))) for event in pending],
+                [
+                    (event, bus_messages_for(event.id, split))
+                    for event, split in splits
+                    if split.status == "pending"
+                ],
             )
             await webhook_events.mark_published(conn, outcome.published)
             if outcome.poison:
@@ -78,7 +91,7 @@ async def sweep_outbox(
             for reason, event_ids in outcome.retry_later.items():
                 await webhook_events.record_publish_failure(conn, event_ids, reason)
         published += len(outcome.published)
-        poisoned += len({f.webhook_event_id for f in outcome.poison})
+        poisoned += len({f.webhook_event_id for f in outcome.poison}) + len(unpublishable)
         failed += sum(len(ids) for ids in outcome.retry_later.values())
         if outcome.broker_down or len(pending) < batch_size:
             break
@@ -134,9 +147,6 @@ async def _publish_isolating(
     attempts = {event.id: event.publish_attempts for event, _ in events}
     for event, messages in events:
         event_id = event.id
-        if not messages:
-            outcome.published.append(event_id)
-            continue
         if refused_in_a_row >= _REFUSALS_MEANING_DOWN:
             untried.append(event_id)
             continue

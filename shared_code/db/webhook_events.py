@@ -21,6 +21,7 @@ __all__ = [
     "insert_events",
     "mark_failed",
     "mark_published",
+    "mark_unpublishable",
     "record_publish_failure",
 ]
 
@@ -145,6 +146,27 @@ async def mark_published(conn: Connection, event_ids: Sequence[int]) -> None:
             WHERE id = ANY(%s) AND status = 'pending'
             """,
             (list(event_ids),),
+        )
+
+
+async def mark_unpublishable(
+    conn: Connection, outcomes: Sequence[tuple[int, EventStatus, str | None]]
+) -> None:
+    """Pending rows that hold nothing to publish after all (as (id, status, reason)): a row
+    written by hand or by an older version, whose body splits into no events now."""
+    if outcomes:
+        await conn.execute(
+            """
+            UPDATE whatsapp_webhook_events e
+            SET status = o.status, reason = COALESCE(o.reason, e.reason)
+            FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS o (id, status, reason)
+            WHERE e.id = o.id AND e.status = 'pending'
+            """,
+            (
+                [event_id for event_id, _, _ in outcomes],
+                [status for _, status, _ in outcomes],
+                [reason for _, _, reason in outcomes],
+            ),
         )
 
 

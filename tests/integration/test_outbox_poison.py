@@ -198,3 +198,24 @@ async def test_one_sweep_walks_past_rows_it_left_pending(
     report = await sweep_outbox(pool, bus, QUEUE, min_age_seconds=0, batch_size=5)
     assert (report.published, report.poisoned) == (11, 1)
     assert await local_queue.count_active(QUEUE) == 11
+
+
+async def test_a_pending_row_with_nothing_to_publish_takes_the_status_its_body_deserves(
+    pool: Pool, local_queue: LocalQueue
+) -> None:
+    # Written by hand or by an older version: the sweeper must not call them "published".
+    too_long = with_wamid(sample_text(), "wamid." + "x" * 200)
+    async with pool.connection() as conn:
+        for body in (b"{not json", json.dumps(too_long).encode()):
+            await conn.execute(
+                "INSERT INTO whatsapp_webhook_events (body, body_sha256, status) "
+                "VALUES (%s, sha256(%s), 'pending')",
+                (body, body),
+            )
+    report = await sweep_outbox(pool, local_queue, QUEUE, min_age_seconds=0)
+    assert (report.published, report.poisoned) == (0, 2)
+    rows = await event_rows(pool)
+    assert [row[0] for row in rows] == ["invalid", "invalid"]
+    assert "not valid JSON" in str(rows[0][3])
+    assert "too long for the bus" in str(rows[1][3])
+    assert await local_queue.count_active(QUEUE) == 0
