@@ -43,7 +43,7 @@ _FIRST = "test_postgres_outages_answer_503_fast_and_lose_nothing"
 
 
 def _phase(item: pytest.Item) -> int:
-    """Run order: the answer-time scenario alone; then the foreground scenarios while the
+    """Run order: the answer-time scenario alone; then the foreground scenarios while the early
     background ones (started with the first of them) run alongside; then the tests awaiting the
     background ones; then the modules that must come after them (``AFTER_BACKGROUND``: timing
     that a loaded machine would blur, or the log scan that must see every process's output)."""
@@ -130,23 +130,43 @@ def _background_started(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("background")
 
 
+class BackgroundRuns:
+    """The background scenarios' tasks by test name. At the short size the early ones start at
+    once (their waits overlap the scenarios that follow); the others, and at the full size all
+    of them, start when their test asks: several busy clusters at once would exhaust
+    PostgreSQL's connections (100 by default; a dev host may hold ~20) and the machine."""
+
+    def __init__(self, make: ClusterFactory) -> None:
+        self._make = make
+        self.tasks: dict[str, asyncio.Task[list[str]]] = {}
+        if not harness.FULL:
+            for name in harness.BACKGROUND:
+                if name in _SELECTED and name in harness.EARLY:
+                    self._start(name)
+
+    def _start(self, name: str) -> asyncio.Task[list[str]]:
+        scenario = harness.BACKGROUND[name]
+        task = asyncio.create_task(
+            scenario(self._make, functools.partial(SESSION.record, name)), name=name
+        )
+        self.tasks[name] = task
+        return task
+
+    def __getitem__(self, name: str) -> asyncio.Task[list[str]]:
+        return self.tasks.get(name) or self._start(name)
+
+
 @pytest.fixture(scope="session")
-async def background(server_url: str) -> AsyncIterator[dict[str, asyncio.Task[list[str]]]]:
-    """The selected background scenarios, all started when the first of their tests runs."""
+async def background(server_url: str) -> AsyncIterator[BackgroundRuns]:
+    """The selected background scenarios (see :class:`BackgroundRuns`)."""
     async with _clusters(server_url) as make:
-        tasks: dict[str, asyncio.Task[list[str]]] = {
-            name: asyncio.create_task(
-                scenario(make, functools.partial(SESSION.record, name)), name=name
-            )
-            for name, scenario in harness.BACKGROUND.items()
-            if name in _SELECTED
-        }
+        runs = BackgroundRuns(make)
         try:
-            yield tasks
+            yield runs
         finally:
-            for task in tasks.values():
+            for task in runs.tasks.values():
                 task.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            await asyncio.gather(*runs.tasks.values(), return_exceptions=True)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -94,14 +94,20 @@ BackgroundScenario = Callable[
     [Callable[[str], Awaitable["Cluster"]], Recorder], Coroutine[Any, Any, list[str]]
 ]
 # Test name -> its scenario. Scenarios that mostly wait (a lock to expire after a kill, the
-# sweeper's next minute) start together and are awaited by their own tests, so their waits
-# overlap instead of adding up.
+# sweeper's next minute) run as tasks their tests await; the EARLY ones start with the first
+# scenario after the answer-time one, so their waits overlap the scenarios that follow (at the
+# short size; at the full size each runs alone).
 BACKGROUND: dict[str, BackgroundScenario] = {}
+EARLY: set[str] = set()
 
 
-def runs_in_background(test_name: str) -> Callable[[BackgroundScenario], BackgroundScenario]:
+def runs_in_background(
+    test_name: str, *, early: bool = False
+) -> Callable[[BackgroundScenario], BackgroundScenario]:
     def register(scenario: BackgroundScenario) -> BackgroundScenario:
         BACKGROUND[test_name] = scenario
+        if early:
+            EARLY.add(test_name)
         return scenario
 
     return register
@@ -477,8 +483,12 @@ class Simulator:
         """One control request; (status, JSON). aiohttp, not httpx: httpx logs every URL at
         INFO, and these URLs hold the users' phone numbers."""
         if self._http is None:
+            # No keep-alive: a request on a connection the server is closing fails with
+            # ServerDisconnectedError, and a user's message must not be posted twice to retry.
             self._http = aiohttp.ClientSession(
-                base_url=self.url, timeout=aiohttp.ClientTimeout(total=60)
+                base_url=self.url,
+                timeout=aiohttp.ClientTimeout(total=60),
+                connector=aiohttp.TCPConnector(force_close=True),
             )
         async with self._http.request(method, path, json=body) as answer:
             return answer.status, await answer.json(content_type=None)
@@ -580,6 +590,17 @@ class Host:
             argv += ["--functions", *functions]
         env = _base_env(database_url)
         env["WHATSAPP_GRAPH_BASE_URL"] = graph_url
+        if not FULL:
+            # The short run overlaps scenarios (up to seven hosts, each holding its own receive
+            # pool of 10): the app's pools at their smallest keep them within PostgreSQL's
+            # default 100 connections.
+            env["DATABASE_POOL_MAX_SIZE"] = "2"
+        if FULL:
+            # The default budget (1,000 sends a minute, 10,000 a day) would make the full size
+            # measure the daily cap instead of the promise: a number on a higher tier.
+            env["RATE_LIMITS"] = json.dumps(
+                {"default": {"per_second": 80, "per_minute": 4800, "per_day": 1_000_000}}
+            )
         env.update(settings or {})
         self.process = Process(name, argv, env, "Listening on")
 
@@ -612,8 +633,11 @@ class Cluster:
     async def start_simulator(self, **config: Any) -> Simulator:
         await self.simulator.start()
         # Meta retries for hours with pauses growing to many minutes; capped at seconds here so
-        # that a delivery refused during a fault arrives soon after it ends.
-        await self.simulator.configure(webhook_retry_max_interval_seconds=4.0, **config)
+        # that a delivery refused during a fault arrives soon after it ends (less tightly at the
+        # full size, where thousands of statuses retrying every 4 s are a storm Meta never sends).
+        await self.simulator.configure(
+            webhook_retry_max_interval_seconds=sized(4.0, 20.0), **config
+        )
         return self.simulator
 
     async def start_host(

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import ClusterFactory
+from tests.faults.conftest import BackgroundRuns, ClusterFactory
 from tests.faults.harness import (
     HOST_SHUTDOWN_GRACE_SECONDS,
     Attempt,
@@ -238,7 +238,7 @@ async def _outages(cluster: Cluster, proxy: TcpProxy, rng: random.Random, record
     assert not problems, problems
 
 
-@runs_in_background("test_sigterm_during_a_black_hole_exits_in_time_and_loses_nothing")
+@runs_in_background("test_sigterm_during_a_black_hole_exits_in_time_and_loses_nothing", early=True)
 async def _sigterm_during_black_hole(make: ClusterFactory, record: Recorder) -> list[str]:
     rng = random.Random(22)
     cluster = await make("pgterm")
@@ -301,7 +301,7 @@ async def _sigterm_during_black_hole(make: ClusterFactory, record: Recorder) -> 
 
 
 async def test_sigterm_during_a_black_hole_exits_in_time_and_loses_nothing(
-    background: dict[str, asyncio.Task[list[str]]],
+    background: BackgroundRuns,
 ) -> None:
     problems = await background["test_sigterm_during_a_black_hole_exits_in_time_and_loses_nothing"]
     assert not problems, problems

@@ -36,7 +36,7 @@ from tests.faults.harness import (
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(sized(240, 3 * 3600))]
 
-MESSAGES = sized(200, 5_000)
+MESSAGES = sized(150, 5_000)
 USERS = sized(50, 1_000)
 GRAPH_TIMEOUT_SECONDS = 2.0
 CONFIRMATION_WAIT_SECONDS = 5.0

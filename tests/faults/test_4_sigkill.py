@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import ClusterFactory
+from tests.faults.conftest import BackgroundRuns, ClusterFactory
 from tests.faults.harness import (
     WEBHOOK_FUNCTIONS,
     WORKER_FUNCTIONS,
@@ -79,7 +79,7 @@ async def _status_rows(database_url: str) -> dict[str, int]:
     return {status: n for status, n in rows}
 
 
-@runs_in_background("test_sigkill_of_the_webhook_host_loses_nothing_answered_200")
+@runs_in_background("test_sigkill_of_the_webhook_host_loses_nothing_answered_200", early=True)
 async def _kill_webhook_host(make: ClusterFactory, record: Recorder) -> list[str]:
     cluster = await make("killweb")
     try:
@@ -195,13 +195,13 @@ async def _kill_webhook_host_in(cluster: Cluster, record: Recorder) -> list[str]
 
 
 async def test_sigkill_of_the_webhook_host_loses_nothing_answered_200(
-    background: dict[str, asyncio.Task[list[str]]],
+    background: BackgroundRuns,
 ) -> None:
     problems = await background["test_sigkill_of_the_webhook_host_loses_nothing_answered_200"]
     assert not problems, problems
 
 
-@runs_in_background("test_sigkill_of_the_sender_host_sends_every_reply_exactly_once")
+@runs_in_background("test_sigkill_of_the_sender_host_sends_every_reply_exactly_once", early=True)
 async def _kill_sender_host(make: ClusterFactory, record: Recorder) -> list[str]:
     cluster = await make("killsend")
     try:
@@ -296,7 +296,7 @@ async def _kill_sender_host_in(cluster: Cluster, record: Recorder) -> list[str]:
 
 
 async def test_sigkill_of_the_sender_host_sends_every_reply_exactly_once(
-    background: dict[str, asyncio.Task[list[str]]],
+    background: BackgroundRuns,
 ) -> None:
     problems = await background["test_sigkill_of_the_sender_host_sends_every_reply_exactly_once"]
     assert not problems, problems

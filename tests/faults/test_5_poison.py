@@ -25,7 +25,7 @@ from shared_code.bus.local_queue import LocalQueue
 from shared_code.bus.port import OutgoingMessage
 from shared_code.db.pool import open_pool
 from shared_code.whatsapp.webhook import session_id_for
-from tests.faults.conftest import ClusterFactory
+from tests.faults.conftest import BackgroundRuns, ClusterFactory
 from tests.faults.harness import (
     PHONE_NUMBER_ID,
     SESSION,
@@ -137,7 +137,7 @@ def _isolated(fate: dict[str, Any]) -> bool:
     )
 
 
-@runs_in_background("test_poison_is_isolated_and_the_good_messages_flow")
+@runs_in_background("test_poison_is_isolated_and_the_good_messages_flow", early=True)
 async def _poison(make: ClusterFactory, record: Recorder) -> list[str]:
     cluster = await make("poison")
     try:
@@ -147,7 +147,7 @@ async def _poison(make: ClusterFactory, record: Recorder) -> list[str]:
 
 
 async def test_poison_is_isolated_and_the_good_messages_flow(
-    background: dict[str, asyncio.Task[list[str]]],
+    background: BackgroundRuns,
 ) -> None:
     problems = await background["test_poison_is_isolated_and_the_good_messages_flow"]
     assert not problems, problems
