@@ -19,6 +19,9 @@ class RetryPolicy:
     # After a worker died with a request out, the wait is twice its downtime, but no longer
     # than this: replies after it in the conversation wait for it.
     confirmation_max_wait_seconds: float = 3600.0
+    # How long a worker keeps trying to record a wamid Meta returned while the database is down
+    # (within the Functions host's 5-minute function timeout).
+    record_sent_within_seconds: float = 240.0
     # Our own rate control's waits up to this long are paced in place (that is throughput
     # shaping, not back-off); longer ones re-queue the message.
     max_pacing_seconds: float = 0.5

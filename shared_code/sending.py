@@ -29,13 +29,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import msgspec
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay
+from tenacity.wait import wait_random_exponential
 
 from shared_code.batching import BatchingQueue
 from shared_code.bus.port import MessageBus, OutgoingMessage
 from shared_code.db import outbound
 from shared_code.db.pool import Pool
 from shared_code.ratelimit import Decision, RateLimiter
-from shared_code.redelivery import DeadLetterRequest
+from shared_code.redelivery import DeadLetterRequest, is_transient
 from shared_code.retry_policy import RetryPolicy
 from shared_code.whatsapp.errors import (
     GraphApiError,
@@ -316,8 +318,27 @@ class OutboundSender:
                 )
             logger.warning("outbound message %d failed permanently (code %s)", row.id, error.code)
             return SendOutcome.FAILED
-        await self._sends.submit((row.id, sent.wamid))
+        await self._record_send(row.id, sent.wamid)
         return SendOutcome.SENT
+
+    async def _record_send(self, row_id: int, wamid: str) -> None:
+        """Record the wamid Meta returned, trying again while the database is down: it is the
+        one fact that proves the message left, and without it the row would look ambiguous and
+        wait for a status webhook that the same outage may hold back past the wait (seen after
+        45-s outages: replies sent twice). Bounded within the function's time limit; past it
+        the ambiguous-send path takes over."""
+        tries = 0
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_random_exponential(multiplier=0.5, max=10),
+            stop=stop_after_delay(self._policy.record_sent_within_seconds),
+            reraise=True,
+        ):
+            with attempt:
+                tries += 1
+                await self._sends.submit((row_id, wamid))
+        if tries > 1:
+            logger.info("outbound message %d: its wamid recorded after %d tries", row_id, tries)
 
     async def _begin_attempts(self, outbound_ids: Sequence[int]) -> list[int]:
         async with self._pool.connection() as conn:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from shared_code.bus.local_queue import LocalQueue
@@ -382,6 +383,43 @@ async def test_an_interrupted_send_is_sent_again_once_its_longer_wait_passes_in_
             "UPDATE whatsapp_messages SET next_attempt_at = now() WHERE id = %s", (row_id,)
         )
     assert await sender.handle(request_for(row_id)) is SendOutcome.SENT
+    assert len(meta.requests) == 1
+
+
+async def test_a_wamid_the_database_could_not_take_is_recorded_once_it_is_back(
+    pool: Pool, local_queue: LocalQueue, graph: tuple[ScriptedGraph, GraphApiClient]
+) -> None:
+    # Issue 12 (fault suite, 45-s outages): Meta accepted the send, recording its wamid hit the
+    # outage, and the row waited for a status the same outage held back: sent twice. The wamid
+    # is in hand: the sender keeps trying to record it instead.
+    meta, client = graph
+    meta.script = [accepted("wamid.kept")]
+
+    class OutageSender(OutboundSender):
+        failures = 2
+
+        async def _record_sends(self, sends: Sequence[tuple[int, str]]) -> list[None]:
+            if self.failures:
+                self.failures -= 1
+                raise psycopg.OperationalError("the database is down")
+            return await super()._record_sends(sends)
+
+    sender = OutageSender(
+        pool=pool,
+        bus=local_queue,
+        queue=QUEUE,
+        graph=client,
+        limiter=RateLimiter(pool, RateLimitPolicy(default=RateLimits())),
+        policy=RetryPolicy(record_sent_within_seconds=30),
+    )
+    row_id = await new_reply(pool)
+    assert await sender.handle(request_for(row_id)) is SendOutcome.SENT
+    state = await row(pool, row_id)
+    assert (state["wamid"], state["status"], state["send_started_at"]) == (
+        "wamid.kept",
+        "sent",
+        None,
+    )
     assert len(meta.requests) == 1
 
 
