@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup dev test lint unit integration e2e fuzz fuzz-short faults bench-ingest bench-sender bench-e2e doctor clean
+.PHONY: setup dev test lint unit integration e2e fuzz fuzz-short faults faults-short bench-ingest bench-sender bench-e2e doctor clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ fuzz-short: setup  ## the fuzz suite alone: corpus + 300 hypothesis batches on r
 
 fuzz: setup  ## the full fuzz run: 100,000 hostile signed webhooks into the dev host (scripts/fuzz_webhook.py)
 	$(BIN)/python -m scripts.fuzz_webhook
+
+faults-short: setup  ## the fault suite alone, short size (~4-5 min; also part of `make test`)
+	$(BIN)/python -m scripts.fault_suite
+
+faults: setup  ## the fault suite at full size (10,000 messages, 45-s outages; an hour or more): .local/faults/summary-full.md
+	$(BIN)/python -m scripts.fault_suite --scale full
 
 bench-ingest: setup  ## benchmark: signed webhooks against the dev host (see bench/ingest/README.md)
 	$(BIN)/python -m bench.ingest
