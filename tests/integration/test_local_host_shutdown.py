@@ -9,7 +9,6 @@ environment make it record which functions started and make the app's shutdown h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -17,13 +16,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import azure.functions as func
 import httpx
 import pytest
-from psycopg import conninfo
 
 from local import HostConfig, serve
 from local.host import STOP_OVERRUN_SECONDS
@@ -33,6 +31,7 @@ from shared_code.bus.local_queue import LocalQueue
 from shared_code.bus.port import OutgoingMessage
 from shared_code.whatsapp.signature import SIGNATURE_HEADER, sign
 from tests.conftest import REPO_ROOT
+from tests.faults.tcp_proxy import Mode, TcpProxy, upstream_of
 
 pytestmark = pytest.mark.integration
 
@@ -303,60 +302,14 @@ async def test_sigterm_ends_the_host_in_time_whatever_hangs(
     assert "cut off at shutdown" in output
 
 
-class SwitchableProxy:
-    """A TCP proxy to PostgreSQL that can turn into a black hole: from then on it accepts
-    connections and reads what arrives on any connection, and never answers."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
-        self.black_hole = False
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        for writer in self._writers:
-            writer.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        if self.black_hole:
-            self._spawn(self._pump(reader, None))
-            return
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
-        self._writers.append(upstream_writer)
-        self._spawn(self._pump(reader, upstream_writer))
-        self._spawn(self._pump(upstream_reader, writer))
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter | None) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await source.read(65536):
-                if sink is not None and not self.black_hole:
-                    sink.write(data)
-                    await sink.drain()
-
-
 async def test_sigterm_ends_the_host_in_time_when_the_database_is_black_holed(
     database_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     # The real app's webhook: its first request builds the app's services (pool, bus) through
     # the proxy; then every database connection, old and new, stops answering.
-    params = conninfo.conninfo_to_dict(database_url)
-    proxy = SwitchableProxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
-    proxied_url = conninfo.make_conninfo(database_url, host="127.0.0.1", port=await proxy.start())
+    proxy = TcpProxy(upstream_of(database_url))
+    proxy.start()
+    proxied_url = proxy.url_for(database_url)
     secret = "black-hole-test-secret"
     try:
         process, url = await start_cli(
@@ -389,7 +342,7 @@ async def test_sigterm_ends_the_host_in_time_when_the_database_is_black_holed(
                 )
 
         assert (await post_webhook()).status_code == 200
-        proxy.black_hole = True
+        proxy.set_mode(Mode.BLACKHOLE)
         in_flight = asyncio.create_task(post_webhook())
         await asyncio.sleep(0.5)  # well into its INSERT, which never returns
         assert not in_flight.done()
@@ -402,7 +355,7 @@ async def test_sigterm_ends_the_host_in_time_when_the_database_is_black_holed(
         outcome = (await asyncio.gather(in_flight, return_exceptions=True))[0]
         assert answered_or_closed(outcome), outcome
     finally:
-        await proxy.close()
+        proxy.stop()
 
 
 async def test_sigterm_ends_the_host_even_when_a_function_blocks_the_loop(
