@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,20 +25,7 @@ from shared_code.whatsapp.payloads import parse_inbound_message, parse_status
 from shared_code.whatsapp.signature import SIGNATURE_HEADER, verify_signature
 from shared_code.whatsapp.webhook import split_webhook
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def quiet_client_logs() -> Iterator[None]:
-    """The test's own HTTP client logs every URL (httpx, at INFO) and the simulator's control URLs
-    hold the simulated user's number; the simulator's and the app's records are still scanned."""
-    loggers = [logging.getLogger(name) for name in ("httpx",)]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    yield
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.setLevel(level)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("quiet_client_logs")]
 
 
 APP_SECRET = "test-app-secret"

@@ -5,9 +5,8 @@ answer, nothing sent), and a held answer released when the client gives up."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,20 +18,7 @@ from shared_code.secrets import Secret
 from shared_code.whatsapp.errors import PairRateLimitError, TransportError
 from shared_code.whatsapp.graph_client import GraphApiClient
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def quiet_client_logs() -> Iterator[None]:
-    """The test's own HTTP client logs every URL (httpx, at INFO) and the simulator's control URLs
-    hold the simulated user's number; the simulator's and the app's records are still scanned."""
-    loggers = [logging.getLogger(name) for name in ("httpx",)]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    yield
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.setLevel(level)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("quiet_client_logs")]
 
 
 TOKEN = "faults-test-token"

@@ -11,9 +11,8 @@ request goes out with raw httpx instead.
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,20 +32,7 @@ from pywa_async.types import Button, Contact, Section, SectionList, SectionRow, 
 
 from local.simulator import CloudApiSimulator, SimulatorConfig
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def quiet_client_logs() -> Iterator[None]:
-    """The test's clients log URLs and bodies (httpx at INFO, pywa at DEBUG) with the user's
-    number and wamids; the simulator's records are still scanned."""
-    loggers = [logging.getLogger(name) for name in ("httpx", "pywa", "pywa_async")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    yield
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.setLevel(level)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("quiet_client_logs")]
 
 
 TOKEN = "pywa-test-token"

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,20 +26,7 @@ from starlette.routing import Route
 from local.simulator import CloudApiSimulator, SimulatorConfig
 from shared_code.whatsapp.signature import SIGNATURE_HEADER, verify_signature
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def quiet_client_logs() -> Iterator[None]:
-    """The test's own HTTP client logs every URL (httpx, at INFO) and the simulator's control URLs
-    hold the simulated user's number; the simulator's and the app's records are still scanned."""
-    loggers = [logging.getLogger(name) for name in ("httpx",)]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    yield
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.setLevel(level)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("quiet_client_logs")]
 
 
 APP_SECRET = "webhook-test-secret"
