@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,9 +49,10 @@ from typing import Any, LiteralString
 import aiohttp
 import httpx
 import psycopg
-from psycopg import conninfo, sql
+from psycopg import sql
 
 from shared_code.whatsapp.signature import SIGNATURE_HEADER, sign
+from tests.databases import throwaway_database
 from tests.fuzz.bodies import MAX_BODY_BYTES, FuzzBody, RandomChooser, any_body
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,18 +176,10 @@ def fresh_database(args: argparse.Namespace, work: Path) -> Iterator[str]:
             work / "pgdata", cleanup_mode="delete"
         )
         server = pg.get_uri()
-    name = f"fuzz_{args.seed}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = conninfo.make_conninfo(server, dbname=name)
-    try:
+    with throwaway_database(server, f"fuzz_{args.seed}", keep=args.keep) as url:
         yield url
-    finally:
         if args.keep:
             print(f"database kept: {url}", file=sys.stderr)
-        else:
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,16 +8,14 @@ import os
 import re
 import tempfile
 import traceback
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import conninfo
 
 from shared_code.db.migrations import apply_migrations
 from shared_code.log_privacy import install_log_record_factory
+from tests.databases import throwaway_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = Path(__file__).with_name("data")
@@ -37,23 +35,11 @@ def server_url() -> Iterator[str]:
     yield server.get_uri()
 
 
-def database_url_for(server_url: str, database: str) -> str:
-    params = conninfo.conninfo_to_dict(server_url)
-    params["dbname"] = database
-    return conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
-
-
 @pytest.fixture
 def empty_database_url(server_url: str) -> Iterator[str]:
     """A new, empty database for one test; dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield database_url_for(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database(server_url, "test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -13,17 +13,16 @@ import functools
 import json
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from shared_code.bus.local_queue import LOCAL_BUS_MIGRATIONS
 from shared_code.db.migrations import apply_migrations
-from tests.conftest import REPO_ROOT, database_url_for
+from tests.conftest import REPO_ROOT
+from tests.databases import create_database, database_url_for, drop_databases
 from tests.faults import harness
 from tests.faults.harness import SESSION, Cluster
 
@@ -93,9 +92,7 @@ async def _clusters(server_url: str) -> AsyncIterator[ClusterFactory]:
     databases: list[str] = []
 
     async def make(name: str) -> Cluster:
-        database = f"faults_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{database}"')
+        database = create_database(server_url, "faults")
         databases.append(database)
         url = database_url_for(server_url, database)
         await apply_migrations(url)
@@ -112,9 +109,7 @@ async def _clusters(server_url: str) -> AsyncIterator[ClusterFactory]:
                 await cluster.close()
             except Exception as error:  # a teardown problem must not hide the scenario's
                 print(f"closing {cluster.name} failed: {error!r}")
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            for database in databases:
-                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        drop_databases(server_url, *databases)
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import psycopg
 import pytest
 
 from shared_code.bus.local_queue import LOCAL_BUS_MIGRATIONS
 from shared_code.db.migrations import apply_migrations
-from tests.conftest import database_url_for
+from tests.databases import throwaway_database
 from tests.fuzz.harness import IntakeHarness
 
 
@@ -16,14 +14,8 @@ from tests.fuzz.harness import IntakeHarness
 def fuzz_server_database(server_url: str) -> Iterator[str]:
     """One database for a whole module: creating and migrating one per corpus case would cost
     more than the cases; each test empties it instead (:meth:`IntakeHarness.reset`)."""
-    name = f"fuzz_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield database_url_for(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database(server_url, "fuzz") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
