@@ -48,7 +48,7 @@ fuzz: setup  ## the full fuzz run: 100,000 hostile signed webhooks into the dev 
 faults-short: setup  ## the fault suite alone, short size (~4-5 min; also part of `make test`)
 	$(BIN)/python -m scripts.fault_suite
 
-faults: setup  ## the fault suite at full size (10,000 messages, 45-s outages; an hour or more): .local/faults/summary-full.md
+faults: setup  ## the fault suite at full size (10,000 messages, 45-s outages; ~25 min here): .local/faults/summary-full.md
 	$(BIN)/python -m scripts.fault_suite --scale full
 
 bench-ingest: setup  ## benchmark: signed webhooks against the dev host (see bench/ingest/README.md)
