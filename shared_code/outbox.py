@@ -45,7 +45,9 @@ class SweepReport:
     published: int
     # Rows left pending for the next sweep (the broker refused them like everything else).
     failed: int
-    # Rows marked failed: some of their events are poison (see whatsapp_event_failures).
+    # Rows taken out of the pending set for good: marked failed because some of their events
+    # are poison (see whatsapp_event_failures), or given the status their body deserves
+    # ('invalid', 'ignored') because it holds nothing to publish.
     poisoned: int = 0
 
 

@@ -595,7 +595,7 @@ class Host:
             # pool of 10): the app's pools at their smallest keep them within PostgreSQL's
             # default 100 connections.
             env["DATABASE_POOL_MAX_SIZE"] = "2"
-        if FULL:
+        else:
             # The default budget (1,000 sends a minute, 10,000 a day) would make the full size
             # measure the daily cap instead of the promise: a number on a higher tier.
             env["RATE_LIMITS"] = json.dumps(
