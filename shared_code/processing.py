@@ -22,21 +22,27 @@ import enum
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from shared_code.db import conversations, event_failures, outbound, statuses
 from shared_code.db.pool import Pool
+from shared_code.policy import apply_marketing_preference
 from shared_code.redelivery import is_transient
 from shared_code.routing import InboundForRouting, Router
 from shared_code.whatsapp.json_body import UnreadableBody, decode_json_body
 from shared_code.whatsapp.payloads import (
     MessageEvent,
     PayloadError,
+    PreferenceEvent,
     StatusEvent,
+    TemplateStatusEvent,
     decode_event,
 )
+
+if TYPE_CHECKING:
+    from shared_code.templates import TemplateCatalogue
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,8 @@ class Outcome(enum.Enum):
     STATUS_APPLIED = "status_applied"
     STATUS_PENDING = "status_pending"  # no message with that wamid yet; kept in the history
     STATUS_DUPLICATE = "status_duplicate"
+    TEMPLATE_STATUS = "template_status"  # a template's status change, applied to the catalogue
+    PREFERENCE_APPLIED = "preference_applied"  # a user's marketing preference (user_preferences)
     REJECTED = "rejected"
 
 
@@ -87,16 +95,26 @@ class StatusRecorder:
 
 
 class EventProcessor:
-    def __init__(self, pool: Pool, router: Router) -> None:
+    def __init__(
+        self, pool: Pool, router: Router, templates: TemplateCatalogue | None = None
+    ) -> None:
         self._pool = pool
         self._router = router
         self._statuses = StatusRecorder(pool)
+        self._templates = templates
 
     async def handle(self, body: bytes) -> Outcome:
         try:
             event = decode_event(body)
             if isinstance(event, StatusEvent):
                 return await self._statuses.apply(event)
+            if isinstance(event, TemplateStatusEvent):
+                if self._templates is not None:
+                    await self._templates.apply_status_update(event)
+                return Outcome.TEMPLATE_STATUS
+            if isinstance(event, PreferenceEvent):
+                await apply_marketing_preference(self._pool, event)
+                return Outcome.PREFERENCE_APPLIED
             return await self._store_message(event)
         except Exception as error:
             if is_transient(error):

@@ -11,6 +11,9 @@ Each delivery of a queue message looks at the row's state in PostgreSQL and does
   meanwhile come back only with its growing retry pauses;
 - an earlier reply of the same conversation is not sent yet → wait for it (replies keep order);
 - rate control says not yet → pace briefly, or re-queue for when a slot frees up;
+- the messaging policy refuses it (contact opted out, marketing stopped, customer-service window
+  closed for a non-template: :func:`shared_code.policy.outbound_block`) → ``failed`` with
+  ``blocked_by_policy``, never sent; or, with a window template configured, sent as that template;
 - otherwise send: record the wamid and ``sent``, or the error. Throttling and retryable errors
   re-queue the message with exponential back-off and jitter as a *scheduled* bus message (the
   function never sleeps through a back-off); permanent errors record ``failed`` with Meta's code.
@@ -22,6 +25,7 @@ so the broker moves it to the dead-letter queue (Python functions cannot dead-le
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import random
@@ -36,9 +40,16 @@ from shared_code.batching import BatchingQueue
 from shared_code.bus.port import MessageBus, OutgoingMessage
 from shared_code.db import outbound
 from shared_code.db.pool import Pool
+from shared_code.policy import (
+    CUSTOMER_SERVICE_WINDOW,
+    PolicyBlock,
+    WindowTemplate,
+    outbound_block,
+)
 from shared_code.ratelimit import Decision, RateLimiter
 from shared_code.redelivery import DeadLetterRequest, is_transient
 from shared_code.retry_policy import RetryPolicy
+from shared_code.whatsapp import outbound as bodies
 from shared_code.whatsapp.errors import (
     GraphApiError,
     PairRateLimitError,
@@ -110,6 +121,7 @@ class SendOutcome(enum.Enum):
     AWAITING_CONFIRMATION = "awaiting_confirmation"
     WAITING_FOR_EARLIER = "waiting_for_earlier"
     RATE_LIMITED = "rate_limited"
+    BLOCKED = "blocked"  # refused by the messaging policy: failed, never sent
     NOT_FOUND = "not_found"
     UNREADABLE = "unreadable"
 
@@ -128,8 +140,11 @@ class OutboundSender:
         graph: GraphApiClient,
         limiter: RateLimiter,
         policy: RetryPolicy | None = None,
+        window_closed_template: WindowTemplate | None = None,
     ) -> None:
         self._pool = pool
+        # Sent instead of a free-form message once the customer-service window has closed.
+        self._window_template = window_closed_template
         self._bus = bus
         self._queue = queue
         self._graph = graph
@@ -160,7 +175,11 @@ class OutboundSender:
         )
         async with self._pool.connection() as conn:
             row, decision = await outbound.load_outbound(
-                conn, request.outbound_message_id, charge, early_tolerance=_EARLY_TOLERANCE
+                conn,
+                request.outbound_message_id,
+                charge,
+                early_tolerance=_EARLY_TOLERANCE,
+                customer_service_window=CUSTOMER_SERVICE_WINDOW,
             )
         if row is None:
             logger.warning("outbound message %d not found", request.outbound_message_id)
@@ -181,6 +200,10 @@ class OutboundSender:
             waiting = await self._resolve_ambiguous(row)
             if waiting is not None:
                 return waiting
+        allowed = await self._apply_policy(row)
+        if allowed is None:
+            return SendOutcome.BLOCKED
+        row = allowed
         earlier_due = row.earlier_unsent_due
         if earlier_due is not None and earlier_due < row.now - _ORDER_GIVE_UP:
             # The earlier reply's own bus message is long overdue; keeping order would stall
@@ -232,6 +255,30 @@ class OutboundSender:
         )
         await self._requeue(row, wait, keep_in_flight=True)
         return SendOutcome.AWAITING_CONFIRMATION
+
+    async def _apply_policy(self, row: outbound.OutboundRow) -> outbound.OutboundRow | None:
+        """The row as it may be sent, or None when the messaging policy refused it (recorded)."""
+        block = outbound_block(
+            purpose=row.purpose,
+            message_type=row.message_type,
+            contact_opted_out=row.contact_opted_out,
+            marketing_stopped=row.marketing_stopped,
+            last_inbound_at=row.contact_last_inbound_at,
+            now=row.now,
+        )
+        if block is None:
+            return row
+        template = self._window_template
+        if block is PolicyBlock.WINDOW_CLOSED and template is not None:
+            body = bodies.template_message(row.contact_wa_id, template.name, template.language_code)
+            async with self._pool.connection() as conn:
+                await outbound.replace_content(conn, row.id, body)
+            logger.info("outbound message %d: window closed, sent as the template", row.id)
+            return dataclasses.replace(row, content=body, message_type="template")
+        async with self._pool.connection() as conn:
+            await outbound.record_blocked(conn, row.id, reason=block.value, title=block.explanation)
+        logger.warning("outbound message %d not sent: %s", row.id, block.value)
+        return None
 
     async def _acquire_slot(
         self, row: outbound.OutboundRow, decision: Decision | None = None

@@ -103,11 +103,13 @@ def split_body(body: bytes) -> SplitResult:
 
 
 def bus_messages_for(
-    event_id: int, split: SplitResult, *, only_messages: bool = False
+    event_id: int, split: SplitResult, *, skip_statuses: bool = False
 ) -> list[OutgoingMessage]:
+    """The bus messages of a split body; ``skip_statuses`` leaves out the statuses, which the
+    intake applies itself (everything else — messages, template changes — is queued)."""
     messages = []
     for event in split.events:
-        if only_messages and event.kind != "message":
+        if skip_statuses and event.kind == "status":
             continue
         messages.append(
             OutgoingMessage(
@@ -284,7 +286,7 @@ class WebhookIntake:
         """
         failures: dict[int, str] = {}
         messages_by_event = {
-            event_id: bus_messages_for(event_id, split, only_messages=True)
+            event_id: bus_messages_for(event_id, split, skip_statuses=True)
             for event_id, split in events
         }
         messages = [m for event_messages in messages_by_event.values() for m in event_messages]

@@ -46,8 +46,9 @@ WITH users AS (
     SELECT '1666' || lpad(n::text, 7, '0'), 'Bench' FROM generate_series(1, %(users)s) n
     RETURNING id, wa_id
 ), conversations AS (
-    INSERT INTO whatsapp_conversations (phone_number_id, contact_id)
-    SELECT %(phone)s, id FROM users
+    -- The users wrote just now: the replies are inside the customer-service window.
+    INSERT INTO whatsapp_conversations (phone_number_id, contact_id, last_inbound_at)
+    SELECT %(phone)s, id, now() FROM users
     RETURNING id, contact_id
 )
 INSERT INTO whatsapp_messages

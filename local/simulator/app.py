@@ -47,6 +47,11 @@ class _WindowRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     phone_number_id: str | None = None
 
 
+class _TemplateStatusRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    status: str
+    reason: str | None = None
+
+
 class _ClosingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with one scope extension, ``local.simulator.close_connection``:
     ``{"close": callable}`` closes the connection with no answer (the ``drop_before`` fault).
@@ -103,8 +108,15 @@ class CloudApiSimulator:
                 Route("/simulator/reset", self._reset, methods=["POST"]),
                 Route("/simulator/config", self._get_config, methods=["GET"]),
                 Route("/simulator/config", self._put_config, methods=["PUT"]),
+                Route("/simulator/templates", self._list_simulated_templates, methods=["GET"]),
+                Route(
+                    "/simulator/templates/{name}/{language}/status",
+                    self._set_template_status,
+                    methods=["POST"],
+                ),
                 Route("/media-download/{media_id}", self._download_media, methods=["GET"]),
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
+                Route("/{version}/{waba_id}/message_templates", self._templates, methods=["GET"]),
                 Route("/{version}/{media_id}", self._media_info, methods=["GET"]),
             ],
             lifespan=self._lifespan,
@@ -215,6 +227,16 @@ class CloudApiSimulator:
     def open_window(self, wa_id: str, phone_number_id: str | None = None) -> None:
         self._api.open_window(wa_id, phone_number_id)
 
+    def templates(self) -> list[dict[str, Any]]:
+        """The business account's templates as Meta lists them."""
+        return self._api.templates.all()
+
+    def set_template_status(
+        self, name: str, language: str, status: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Change a template's status and post Meta's status webhook (KeyError: unknown)."""
+        return self._api.set_template_status(name, language, status, reason)
+
     async def send_user_message(
         self,
         wa_id: str,
@@ -247,12 +269,26 @@ class CloudApiSimulator:
         )
         return await self._respond(answer, request)
 
-    async def _media_info(self, request: Request) -> Response:
-        answer = self._api.media_info(
-            request.path_params["media_id"],
+    async def _templates(self, request: Request) -> Response:
+        answer = self._api.list_templates(
+            request.path_params["waba_id"],
             request.headers.get("authorization"),
-            str(request.base_url),
+            dict(request.query_params),
+            str(request.url.replace(query="")),
         )
+        return await self._respond(answer, request)
+
+    async def _media_info(self, request: Request) -> Response:
+        # GET /{version}/{id} names a business number or a media object, as on Graph.
+        answer = self._api.phone_number_info(
+            request.path_params["media_id"], request.headers.get("authorization")
+        )
+        if answer is None:
+            answer = self._api.media_info(
+                request.path_params["media_id"],
+                request.headers.get("authorization"),
+                str(request.base_url),
+            )
         return await self._respond(answer, request)
 
     async def _download_media(self, request: Request) -> Response:
@@ -342,6 +378,26 @@ class CloudApiSimulator:
     async def _reset(self, request: Request) -> Response:
         self.reset()
         return _json({"reset": True})
+
+    async def _list_simulated_templates(self, request: Request) -> Response:
+        return _json({"templates": self._api.templates.all()})
+
+    async def _set_template_status(self, request: Request) -> Response:
+        """Meta reviewed (or paused, disabled...) a template: its status changes and Meta's
+        signed ``message_template_status_update`` webhook goes to the app."""
+        try:
+            parsed = msgspec.json.decode(await request.body(), type=_TemplateStatusRequest)
+            result = self.set_template_status(
+                request.path_params["name"],
+                request.path_params["language"],
+                parsed.status,
+                parsed.reason,
+            )
+        except KeyError:
+            return _control_error("no such template", 404)
+        except (msgspec.DecodeError, ValueError) as error:
+            return _control_error(str(error))
+        return _json(result)
 
     async def _get_config(self, request: Request) -> Response:
         return _json(public_view(self.config))

@@ -48,6 +48,7 @@ from local.simulator.records import (
     new_media_id,
     new_wamid,
 )
+from local.simulator.templates import TemplateStore, template_status_webhook
 from local.simulator.webhooks import WebhookDispatcher, envelope
 
 __all__ = ["Answer", "CloudApi", "UserMessage"]
@@ -132,6 +133,7 @@ class CloudApi:
         self._last_sent: dict[tuple[str, str], str] = {}
         self._token = config.access_token.encode()
         self.webhooks = WebhookDispatcher(lambda: self._config, self.stats)
+        self.templates = TemplateStore()
 
     # --- settings -------------------------------------------------------------------------
 
@@ -171,6 +173,7 @@ class CloudApi:
         self._limits.reset()
         self._windows.reset()
         self._faults.reseed(self._config.seed)
+        self.templates.reset()
         self.stats.reset()
 
     # --- Graph API ------------------------------------------------------------------------
@@ -242,6 +245,10 @@ class CloudApi:
         refusal = message_request_refusal(payload)
         if refusal is not None:
             return _error(refused(refusal))
+        if payload.get("type") == "template":
+            template_refusal = self.templates.check_send(payload.get("template"))
+            if template_refusal is not None:
+                return _error(template_refusal)
         server_error = self._faults.server_error()
         if server_error is not None:
             self.stats.faults["server_error"] += 1
@@ -389,6 +396,61 @@ class CloudApi:
             current = (new_conversation_id(), at + 24 * 3600)
             self._conversations[key] = current
         return current
+
+    # --- business numbers -----------------------------------------------------------------
+
+    def phone_number_info(self, phone_number_id: str, authorization: str | None) -> Answer | None:
+        """``GET /{phone-number-id}`` (what a status check calls): the number's fields, Graph's
+        190 answer for a wrong token, or None when the id is no business number (a media id)."""
+        number = self._config.business_number(phone_number_id)
+        if number is None:
+            return None
+        refusal = self.check_token(authorization)
+        if refusal is not None:
+            return refusal
+        body = _encoder.encode(
+            {
+                "verified_name": "Simulated Business",
+                "display_phone_number": number.display_phone_number,
+                "quality_rating": "GREEN",
+                "code_verification_status": "VERIFIED",
+                "platform_type": "CLOUD_API",
+                "id": number.phone_number_id,
+            }
+        )
+        return Answer(200, body)
+
+    # --- message templates ----------------------------------------------------------------
+
+    def list_templates(
+        self, waba_id: str, authorization: str | None, query: Mapping[str, str], url: str
+    ) -> Answer:
+        """``GET /{version}/{waba-id}/message_templates``; ``url`` is the request's, without
+        its query (the base of the ``next`` link)."""
+        refusal = self.check_token(authorization)
+        if refusal is not None:
+            return refusal
+        if waba_id != self._config.waba_id:
+            return _error(unknown_object(waba_id))
+        page, problem = self.templates.page(query, url)
+        if problem is not None:
+            return _error(invalid_parameter([problem]))
+        return Answer(200, _encoder.encode(page))
+
+    def set_template_status(
+        self, name: str, language: str, status: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Change a template's status and post Meta's signed status webhook about it; raises
+        KeyError for an unknown template, ValueError for an unknown status."""
+        template = self.templates.set_status(name, language, status, reason)
+        config = self._config
+        scheduled = False
+        if config.webhook_url is not None:
+            body = template_status_webhook(
+                config.waba_id, template, status, reason, self._clock.time()
+            )
+            scheduled = self.webhooks.schedule(body, 0.0, is_status=False)
+        return {"template": template, "webhook_scheduled": scheduled}
 
     # --- media ----------------------------------------------------------------------------
 

@@ -43,7 +43,8 @@ class StoredInbound:
     routed: bool
 
 
-# One round trip, no transaction: contact, open conversation and message together. A known
+# One round trip, no transaction: contact, current (not closed) conversation and message
+# together; after a close, the message opens a new conversation. A known
 # wamid touches nothing (the guard), so a redelivered message changes nothing; two first
 # deliveries racing each other upsert the same contact and conversation and one message wins.
 _STORE_INBOUND = """
@@ -59,7 +60,7 @@ WITH contact AS (
 ), conversation AS (
     INSERT INTO whatsapp_conversations AS v (phone_number_id, contact_id, last_message_at, last_inbound_at)
     SELECT %(phone_number_id)s, contact.id, %(ts)s, %(ts)s FROM contact
-    ON CONFLICT (phone_number_id, contact_id) WHERE status = 'open' DO UPDATE
+    ON CONFLICT (phone_number_id, contact_id) WHERE status <> 'closed' DO UPDATE
         SET last_message_at = GREATEST(v.last_message_at, EXCLUDED.last_message_at),
             last_inbound_at = GREATEST(v.last_inbound_at, EXCLUDED.last_inbound_at),
             updated_at = now()

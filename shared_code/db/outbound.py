@@ -26,9 +26,11 @@ __all__ = [
     "insert_outbound",
     "load_outbound",
     "outbound_id_from_callback",
+    "record_blocked",
     "record_failed",
     "record_requeue",
     "record_sends",
+    "replace_content",
     "wamid_reported_for",
 ]
 
@@ -59,6 +61,9 @@ class NewOutbound:
     idempotency_key: str
     agent: str | None = None
     reply_to_message_id: int | None = None
+    # Why the row exists (see migration 0006): what the messaging policy lets through depends
+    # on it, e.g. only an "opt_out_confirmation" still goes to a contact who opted out.
+    purpose: str = "reply"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +85,12 @@ class OutboundRow:
     # leave in the order they were written, so a later one waits for the earlier ones.
     earlier_unsent_due: datetime | None
     now: datetime
+    # What the messaging policy decides on (shared_code/policy.py: outbound_block).
+    purpose: str | None
+    contact_opted_out: bool
+    marketing_stopped: bool
+    # The contact's last message to this business number: the customer-service window.
+    contact_last_inbound_at: datetime | None
 
     @property
     def settled(self) -> bool:
@@ -94,8 +105,8 @@ async def insert_outbound(conn: Connection, message: NewOutbound) -> tuple[int, 
         WITH inserted AS (
             INSERT INTO whatsapp_messages
                 (conversation_id, direction, phone_number_id, contact_wa_id, message_type,
-                 text_body, content, status, idempotency_key, agent, reply_to_message_id)
-            VALUES (%s, 'outbound', %s, %s, %s, %s, %s, 'pending', %s, %s, %s)
+                 text_body, content, status, idempotency_key, agent, reply_to_message_id, purpose)
+            VALUES (%s, 'outbound', %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s)
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id, conversation_id
         ),
@@ -115,6 +126,7 @@ async def insert_outbound(conn: Connection, message: NewOutbound) -> tuple[int, 
             message.idempotency_key,
             message.agent,
             message.reply_to_message_id,
+            message.purpose,
         ),
     )
     row = await cursor.fetchone()
@@ -143,16 +155,33 @@ SELECT m.id, m.conversation_id, m.phone_number_id, m.contact_wa_id, m.message_ty
         WHERE e.conversation_id = m.conversation_id AND e.direction = 'outbound'
           AND e.wamid IS NULL AND e.status = 'pending' AND e.id < m.id
         ORDER BY e.id LIMIT 1) AS earlier_unsent_due,
-       clock_timestamp() AS now
-FROM whatsapp_messages m WHERE m.id = %(id)s AND m.direction = 'outbound'
+       clock_timestamp() AS now,
+       m.purpose,
+       COALESCE(c.opted_out, false) AS contact_opted_out,
+       COALESCE(c.preferences->'marketing_messages'->>'value' = 'stop'
+                AND (m.purpose = 'marketing'
+                     OR EXISTS (SELECT 1 FROM whatsapp_message_templates t
+                                WHERE m.message_type = 'template'
+                                  AND t.name = m.content->'template'->>'name'
+                                  AND t.language = m.content->'template'->'language'->>'code'
+                                  AND t.category = 'MARKETING')), false) AS marketing_stopped,
+       (SELECT max(w.last_inbound_at) FROM whatsapp_conversations w
+        WHERE w.contact_id = v.contact_id AND w.phone_number_id = m.phone_number_id)
+           AS contact_last_inbound_at
+FROM whatsapp_messages m
+JOIN whatsapp_conversations v ON v.id = m.conversation_id
+LEFT JOIN whatsapp_contacts c ON c.id = v.contact_id
+WHERE m.id = %(id)s AND m.direction = 'outbound'
 """
 
 # The same row, and the send charged to the rate limits in the same round trip when the row is
 # plainly ready to go: nothing sent or failed yet, no request possibly in flight, not re-queued
 # for later, no earlier reply of the conversation waiting, and for the charged number and user.
 # The charge is its own transaction's work (rate_limit_acquire commits asynchronously; reading
-# the row adds nothing to commit). The condition is on the row alone, so it filters the row's
-# scan below the join and the function is never called for a row that is not ready (a test
+# the row adds nothing to commit). A row the messaging policy will refuse (opted-out contact,
+# closed customer-service window for a non-template) is not charged: the sender refuses it,
+# or turns it into a template and charges that apart. The condition is on the row alone, so it
+# filters the row's scan below the join and the function is never called for a row that is not ready (a test
 # holds PostgreSQL to that: a condition inside a LATERAL subquery did not stop the call).
 _LOAD_AND_CHARGE = sql.SQL(
     """
@@ -165,6 +194,10 @@ charged AS (
       AND (loaded.next_attempt_at IS NULL
            OR loaded.next_attempt_at <= loaded.now + make_interval(secs => %(early)s))
       AND loaded.phone_number_id = %(number)s AND loaded.contact_wa_id = %(recipient)s
+      AND (NOT loaded.contact_opted_out OR loaded.purpose = 'opt_out_confirmation')
+      AND NOT loaded.marketing_stopped
+      AND (loaded.message_type = 'template'
+           OR loaded.contact_last_inbound_at > loaded.now - make_interval(secs => %(window)s))
 )
 SELECT loaded.*, charged.* FROM loaded LEFT JOIN charged ON true
 """
@@ -177,10 +210,13 @@ async def load_outbound(
     charge: RateCharge | None = None,
     *,
     early_tolerance: timedelta = timedelta(0),
+    customer_service_window: timedelta = timedelta(hours=24),
 ) -> tuple[OutboundRow | None, Decision | None]:
     """The row, and with ``charge`` the rate-limit decision for sending it now, taken in the same
     round trip when the row is ready to send (its ``next_attempt_at`` at most
-    ``early_tolerance`` ahead); the decision is None when no charge was made."""
+    ``early_tolerance`` ahead) and the messaging policy will let it go as it is (the sender
+    passes :data:`shared_code.policy.CUSTOMER_SERVICE_WINDOW`); the decision is None when no
+    charge was made."""
     cursor = conn.cursor(row_factory=dict_row)
     if charge is None:
         await cursor.execute(_LOAD, {"id": outbound_id})
@@ -192,6 +228,7 @@ async def load_outbound(
                 "early": early_tolerance.total_seconds(),
                 "number": charge.phone_number_id,
                 "recipient": charge.recipient,
+                "window": customer_service_window.total_seconds(),
                 **charge.parameters,
             },
         )
@@ -300,6 +337,32 @@ async def record_failed(
         WHERE id = %s AND wamid IS NULL
         """,
         (storable_error_code(code), title, details, gave_up, outbound_id),
+    )
+
+
+async def record_blocked(conn: Connection, outbound_id: int, *, reason: str, title: str) -> None:
+    """The messaging policy refused the row: failed, never sent, ``reason`` a stable code."""
+    await conn.execute(
+        """
+        UPDATE whatsapp_messages
+        SET status = 'failed', failed_at = clock_timestamp(), error_code = NULL,
+            error_title = %s, error_details = NULL, blocked_by_policy = %s,
+            send_started_at = NULL, next_attempt_at = NULL, updated_at = now()
+        WHERE id = %s AND wamid IS NULL
+        """,
+        (title, reason, outbound_id),
+    )
+
+
+async def replace_content(conn: Connection, outbound_id: int, content: Mapping[str, Any]) -> None:
+    """Send something else in the row's place (a template once the window has closed); the row
+    keeps its ``text_body``, so the conversation still shows what the answer was."""
+    await conn.execute(
+        """
+        UPDATE whatsapp_messages SET content = %s, message_type = %s, updated_at = now()
+        WHERE id = %s AND wamid IS NULL
+        """,
+        (Jsonb(dict(content)), str(content.get("type")), outbound_id),
     )
 
 

@@ -1,4 +1,4 @@
-"""The Graph API client: send messages, mark them read, fetch media.
+"""The Graph API client: send messages, mark them read, fetch media, list message templates.
 
 One long-lived :class:`httpx.AsyncClient` per worker, its connections aiohttp's
 (:mod:`shared_code.http_transport`). Every failure surfaces as a
@@ -51,8 +51,10 @@ __all__ = [
     "DEFAULT_RETRY_ATTEMPTS",
     "DEFAULT_RETRY_WAIT",
     "DEFAULT_TIMEOUT",
+    "TEMPLATE_FIELDS",
     "GraphApiClient",
     "MediaInfo",
+    "PhoneNumberInfo",
     "SentMessage",
 ]
 
@@ -67,6 +69,9 @@ DEFAULT_LIMITS: Final = httpx.Limits(
 DEFAULT_MAX_MEDIA_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_RETRY_ATTEMPTS: Final = 3
 DEFAULT_RETRY_WAIT: Final[wait_base] = wait_random_exponential(multiplier=0.25, max=2.0)
+
+# What the template catalogue needs of each template (Meta returns only ``id`` without them).
+TEMPLATE_FIELDS: Final = ("name", "language", "status", "category", "id", "components")
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -103,6 +108,16 @@ class MediaInfo:
         )
 
 
+class PhoneNumberInfo(msgspec.Struct, frozen=True):
+    """What Graph says of a business number (``GET /{phone-number-id}``): an answer at all proves
+    the access token valid for it."""
+
+    id: str
+    display_phone_number: str | None = None
+    verified_name: str | None = None
+    quality_rating: str | None = None
+
+
 class _SentMessageEntry(msgspec.Struct):
     id: str
     message_status: str | None = None
@@ -125,8 +140,24 @@ class _MediaResponse(msgspec.Struct):
     file_size: int | None = None
 
 
+class _Cursors(msgspec.Struct):
+    after: str | None = None
+
+
+class _Paging(msgspec.Struct):
+    cursors: _Cursors | None = None
+    next: str | None = None
+
+
+class _TemplatesPage(msgspec.Struct):
+    data: list[dict[str, Any]]
+    paging: _Paging | None = None
+
+
 _decode_send_response = msgspec.json.Decoder(_SendResponse).decode
+_decode_templates_page = msgspec.json.Decoder(_TemplatesPage).decode
 _decode_media_response = msgspec.json.Decoder(_MediaResponse, strict=False).decode
+_decode_phone_number = msgspec.json.Decoder(PhoneNumberInfo, strict=False).decode
 _encode_json = msgspec.json.Encoder().encode
 # Business numbers a client keeps a parsed messages URL for (one app has a handful).
 _MAX_CACHED_URLS = 64
@@ -321,6 +352,23 @@ class GraphApiClient:
 
         await self._retrying(mark, "mark_as_read")
 
+    # --- the business number ----------------------------------------------------------------------
+
+    async def phone_number_info(self, phone_number_id: str | None = None) -> PhoneNumberInfo:
+        """The number's facts, once (no retries: ``GET status`` calls it under its own deadline).
+
+        Raises :class:`~.errors.AuthError` for a token Meta refuses (190, HTTP 401).
+        """
+        number = phone_number_id or self._phone_number_id
+        url = f"{self._base_url}/{self._api_version}/{_path_segment(number)}"
+        response = await self._request("GET", url, operation="phone_number_info")
+        try:
+            return _decode_phone_number(response.content)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            raise UnexpectedResponseError(
+                "the Graph API's phone number answer has no id", http_status=response.status_code
+            ) from error
+
     # --- media ------------------------------------------------------------------------------------
 
     async def get_media(self, media_id: str) -> MediaInfo:
@@ -394,6 +442,45 @@ class GraphApiClient:
                 return b"".join(chunks)
         except httpx.RequestError as error:
             raise error_from_transport(error) from error
+
+    # --- message templates ------------------------------------------------------------------------
+
+    async def list_message_templates(
+        self,
+        waba_id: str,
+        *,
+        fields: Sequence[str] = TEMPLATE_FIELDS,
+        page_size: int = 100,
+        max_pages: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Every template of the business account, page after page (each page retried like any
+        idempotent GET). Pages are followed by their ``after`` cursor on our own base URL, not by
+        Meta's absolute ``next`` link, which names graph.facebook.com whatever the base URL is."""
+        base = f"{self._base_url}/{self._api_version}/{_path_segment(waba_id)}/message_templates"
+        params: dict[str, str] = {"fields": ",".join(fields), "limit": str(page_size)}
+        templates: list[dict[str, Any]] = []
+        for _ in range(max_pages):
+            url = httpx.URL(base, params=params)
+
+            async def get(url: httpx.URL = url) -> _TemplatesPage:
+                response = await self._request("GET", url, operation="list_message_templates")
+                try:
+                    return _decode_templates_page(response.content)
+                except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                    raise UnexpectedResponseError(
+                        "the Graph API's template list has no data array",
+                        http_status=response.status_code,
+                    ) from error
+
+            page = await self._retrying(get, "list_message_templates")
+            templates.extend(page.data)
+            after = page.paging.cursors.after if page.paging and page.paging.cursors else None
+            if not page.data or page.paging is None or page.paging.next is None or not after:
+                return templates
+            params["after"] = after
+        raise UnexpectedResponseError(
+            f"the template list did not end within {max_pages} pages", http_status=200
+        )
 
     # --- plumbing ---------------------------------------------------------------------------------
 

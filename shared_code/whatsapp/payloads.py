@@ -52,6 +52,7 @@ __all__ = [
     "NfmReply",
     "Order",
     "PayloadError",
+    "PreferenceEvent",
     "Pricing",
     "ProductItem",
     "Profile",
@@ -61,7 +62,10 @@ __all__ = [
     "StatusEvent",
     "StatusKind",
     "System",
+    "TemplateStatusEvent",
+    "TemplateStatusUpdate",
     "Text",
+    "UserPreference",
     "decode_event",
     "encode_event",
     "event_from_envelope",
@@ -492,6 +496,57 @@ class StatusEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", t
     webhook_event_id: int | None = None
 
 
+class TemplateStatusUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``value`` of a ``message_template_status_update`` webhook change."""
+
+    event: str
+    message_template_id: int | str | None = None
+    message_template_name: str | None = None
+    message_template_language: str | None = None
+    message_template_category: str | None = None
+    reason: str | None = None
+
+
+class TemplateStatusEvent(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="template"
+):
+    """A template's status changed (approved, rejected, paused...): one queued bus message.
+
+    ``entry_time`` is the webhook entry's ``time``: what orders two changes of one template.
+    """
+
+    waba_id: str | None = None
+    entry_time: datetime | None = None
+    update: TemplateStatusUpdate
+    webhook_event_id: int | None = None
+
+
+class UserPreference(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of a ``user_preferences`` webhook: the user stopped or resumed a category of
+    messages (today only ``marketing_messages``) in WhatsApp itself."""
+
+    wa_id: str
+    category: str
+    value: str  # "stop" or "resume"
+    timestamp: datetime
+    detail: str | None = None
+
+    def __repr__(self) -> str:
+        return f"UserPreference(category={self.category!r}, value={self.value!r})"
+
+
+class PreferenceEvent(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="preference"
+):
+    """A user's marketing preference changed: one queued bus message, in the user's session."""
+
+    waba_id: str | None = None
+    phone_number_id: str
+    display_phone_number: str | None = None
+    preference: UserPreference
+    webhook_event_id: int | None = None
+
+
 class _MessageEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="message"):
     # Meta's parts stay dicts here so each is parsed on its own, leniently, with its raw kept.
     waba_id: str | None = None
@@ -516,7 +571,9 @@ _T = TypeVar("_T", bound=msgspec.Struct)
 _MAX_DROPPED_FIELDS = 8
 
 
-def decode_event(body: bytes) -> MessageEvent | StatusEvent:
+def decode_event(
+    body: bytes,
+) -> MessageEvent | StatusEvent | TemplateStatusEvent | PreferenceEvent:
     """Decode a queued event; the ``raw`` dicts are the envelope's own, ready for storage."""
     # The intake queues repaired envelopes; anything else on the queue (an older envelope, a
     # hand-published message) is read as leniently, so NUL or a lone surrogate cannot reach a
@@ -528,10 +585,22 @@ def decode_event(body: bytes) -> MessageEvent | StatusEvent:
     return event_from_envelope(data)
 
 
-def event_from_envelope(data: object) -> MessageEvent | StatusEvent:
+def event_from_envelope(
+    data: object,
+) -> MessageEvent | StatusEvent | TemplateStatusEvent | PreferenceEvent:
     """Decode an envelope already parsed from JSON (the intake's own, before it is queued)."""
     if not isinstance(data, dict):
         raise PayloadError(f"event body is a JSON {_json_type(data)}, not an object")
+    if data.get("kind") == "template":
+        try:
+            return msgspec.convert(data, type=TemplateStatusEvent, strict=False)
+        except msgspec.ValidationError as error:
+            raise PayloadError(f"event: {_safe_reason(str(error))}") from None
+    if data.get("kind") == "preference":
+        try:
+            return msgspec.convert(data, type=PreferenceEvent, strict=False)
+        except msgspec.ValidationError as error:
+            raise PayloadError(f"event: {_safe_reason(str(error))}") from None
     try:
         envelope = msgspec.convert(data, type=_MessageEnvelope | _StatusEnvelope, strict=False)
     except msgspec.ValidationError as error:

@@ -19,12 +19,16 @@ from typing import Any, Literal
 
 __all__ = [
     "MAX_BUS_ID_LENGTH",
+    "PREFERENCES_FIELD",
+    "TEMPLATE_FIELD",
     "WHATSAPP_OBJECT",
     "SplitEvent",
     "SplitResult",
     "session_id_for",
     "split_webhook",
     "status_message_id",
+    "template_event_message_id",
+    "template_session_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,12 +56,27 @@ def status_message_id(wamid: str, status: str) -> str:
     return f"{wamid}:{status}"
 
 
+TEMPLATE_FIELD = "message_template_status_update"
+# Meta's marketing opt-out reports (a user stopped or resumed marketing messages in WhatsApp).
+PREFERENCES_FIELD = "user_preferences"
+
+
+def template_event_message_id(template_id: str, event: str, entry_time: int | None) -> str:
+    """The bus message id of a template status change: each change of a template once."""
+    return f"template:{template_id}:{event}:{entry_time if entry_time is not None else ''}"
+
+
+def template_session_id(waba_id: str | None) -> str:
+    """Template changes of one business account share a session: they are applied in order."""
+    return f"templates:{waba_id or ''}"
+
+
 @dataclass(frozen=True, slots=True)
 class SplitEvent:
     """One bus message to publish; ``envelope`` is what :func:`decode_event` reads back once the
     caller adds ``webhook_event_id``."""
 
-    kind: Literal["message", "status"]
+    kind: Literal["message", "status", "template", "preference"]
     message_id: str
     session_id: str
     envelope: dict[str, object]
@@ -182,7 +201,16 @@ class _Splitter:
         waba_id = entry.get("id")
         if not isinstance(waba_id, str):
             waba_id = None
+        entry_time = entry.get("time")
+        if not _is_timestamp(entry_time):
+            entry_time = None
         for j, change in enumerate(changes):
+            if isinstance(change, dict) and change.get("field") == TEMPLATE_FIELD:
+                self.template_change(i, j, waba_id, entry_time, change)
+                continue
+            if isinstance(change, dict) and change.get("field") == PREFERENCES_FIELD:
+                self.preferences_change(i, j, waba_id, change)
+                continue
             self.change(i, j, waba_id, change)
 
     def change(self, i: int, j: int, waba_id: str | None, change: object) -> None:
@@ -217,6 +245,107 @@ class _Splitter:
             self.problem(f"entry[{i}].changes[{j}]: no messages, statuses or errors")
         if usable:
             self.usable_parts += 1
+
+    def template_change(
+        self, i: int, j: int, waba_id: str | None, entry_time: object, change: dict[str, Any]
+    ) -> None:
+        self.fields[TEMPLATE_FIELD] = None
+        value = change.get("value")
+        where = f"entry[{i}].changes[{j}]"
+        if not isinstance(value, dict):
+            self.problem(f"{where}: value missing or not an object")
+            return
+        event = value.get("event")
+        template_id = value.get("message_template_id")
+        if not isinstance(event, str) or not event:
+            self.problem(f"{where}: template status without event")
+            return
+        if isinstance(template_id, bool) or not isinstance(template_id, int | str):
+            self.problem(f"{where}: template status without message_template_id")
+            return
+        seconds = int(entry_time) if isinstance(entry_time, int | str) else None
+        message_id = template_event_message_id(str(template_id), event, seconds)
+        session_id = template_session_id(waba_id)
+        if len(message_id) > MAX_BUS_ID_LENGTH or len(session_id) > MAX_BUS_ID_LENGTH:
+            self.problem(f"{where}: template id or event too long for the bus")
+            return
+        self.usable_parts += 1
+        self.events.append(
+            SplitEvent(
+                kind="template",
+                message_id=message_id,
+                session_id=session_id,
+                envelope={
+                    "kind": "template",
+                    "waba_id": waba_id,
+                    "entry_time": seconds,
+                    "update": value,
+                },
+            )
+        )
+
+    def preferences_change(
+        self, i: int, j: int, waba_id: str | None, change: dict[str, Any]
+    ) -> None:
+        """One event per user preference, queued in the user's session (after their messages)."""
+        self.fields[PREFERENCES_FIELD] = None
+        value = change.get("value")
+        where = f"entry[{i}].changes[{j}]"
+        if not isinstance(value, dict):
+            self.problem(f"{where}: value missing or not an object")
+            return
+        metadata = value.get("metadata")
+        phone_number_id = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+        if not isinstance(phone_number_id, str) or not phone_number_id:
+            self.problem(f"{where}: metadata.phone_number_id missing")
+            return
+        display = metadata.get("display_phone_number") if isinstance(metadata, dict) else None
+        preferences = value.get("user_preferences")
+        if not isinstance(preferences, list):
+            self.problem(f"{where}: user_preferences missing or not a list")
+            return
+        before = len(self.events)
+        for k, preference in enumerate(preferences):
+            problem = self.preference(waba_id, phone_number_id, display, preference)
+            if problem is not None:
+                self.problem(f"{where}.user_preferences[{k}]: {problem}")
+        if len(self.events) > before:
+            self.usable_parts += 1
+
+    def preference(
+        self, waba_id: str | None, phone_number_id: str, display: object, preference: object
+    ) -> str | None:
+        if not isinstance(preference, dict):
+            return "not an object"
+        wa_id = preference.get("wa_id")
+        category = preference.get("category")
+        state = preference.get("value")
+        if not isinstance(wa_id, str) or not wa_id:
+            return "preference without wa_id"
+        if not isinstance(category, str) or not category or not isinstance(state, str):
+            return "preference without category or value"
+        timestamp = preference.get("timestamp")
+        if not _is_timestamp(timestamp):
+            return "preference without a unix timestamp"
+        message_id = f"preference:{wa_id}:{category}:{state}:{timestamp}"
+        session_id = session_id_for(phone_number_id, wa_id)
+        if len(message_id) > MAX_BUS_ID_LENGTH or len(session_id) > MAX_BUS_ID_LENGTH:
+            return "preference too long for the bus"
+        self.events.append(
+            SplitEvent(
+                kind="preference",
+                message_id=message_id,
+                session_id=session_id,
+                envelope={
+                    "kind": "preference",
+                    "waba_id": waba_id,
+                    "phone_number_id": phone_number_id,
+                    "display_phone_number": display if isinstance(display, str) else None,
+                    "preference": preference,
+                },
+            )
+        )
+        return None
 
     def messages_and_statuses(
         self,

@@ -187,6 +187,7 @@ def test_package_exports_are_pinned() -> None:
         "AgentSettings",
         "Contact",
         "EchoAgent",
+        "HandoffReply",
         "HistoryEntry",
         "HttpPlatformAgent",
         "InboundMessage",

@@ -5,13 +5,20 @@ from __future__ import annotations
 import copy
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from shared_code.whatsapp.payloads import MessageEvent, PayloadError, StatusEvent, decode_event
+from shared_code.whatsapp.payloads import (
+    MessageEvent,
+    PayloadError,
+    StatusEvent,
+    TemplateStatusEvent,
+    decode_event,
+)
 from shared_code.whatsapp.webhook import (
     MAX_BUS_ID_LENGTH,
     SplitEvent,
@@ -141,19 +148,40 @@ def test_envelope_is_exactly_what_decode_event_reads() -> None:
     assert status_event.kind == "status"
 
 
-@pytest.mark.parametrize(
-    ("name", "field"),
-    [
-        ("message_template_status_update", "message_template_status_update"),
-        ("account_update", "account_update"),
-    ],
-)
+@pytest.mark.parametrize(("name", "field"), [("account_update", "account_update")])
 def test_other_fields_are_ignored_not_invalid(name: str, field: str) -> None:
     result = split_webhook(load(name))
     assert result.status == "ignored"
     assert result.fields == (field,)
     assert result.events == ()
     assert result.reason == f"no messages or statuses (fields: {field})"
+
+
+def test_a_template_status_update_is_queued_for_the_processor() -> None:
+    payload = load("message_template_status_update")
+    payload["entry"][0]["time"] = 1749416383
+    result = split_webhook(payload)
+    assert result.status == "pending"
+    assert result.fields == ("message_template_status_update",)
+    (event,) = result.events
+    assert event.kind == "template"
+    assert event.message_id == "template:1256745578592710:APPROVED:1749416383"
+    assert event.session_id == "templates:102290129340398"
+    decoded = decode_event(msgspec.json.encode({**event.envelope, "webhook_event_id": 7}))
+    assert isinstance(decoded, TemplateStatusEvent)
+    assert decoded.update.message_template_name == "welcome_message"
+    assert decoded.update.message_template_language == "fr"
+    assert decoded.entry_time == datetime(2025, 6, 8, 20, 59, 43, tzinfo=UTC)
+    assert decoded.webhook_event_id == 7
+
+
+def test_a_template_status_update_without_its_id_is_a_problem_not_an_event() -> None:
+    payload = load("message_template_status_update")
+    del payload["entry"][0]["changes"][0]["value"]["message_template_id"]
+    result = split_webhook(payload)
+    assert result.events == ()
+    assert result.status == "invalid"
+    assert "message_template_id" in (result.reason or "")
 
 
 def test_whole_webhook_errors_are_noted_and_ignored() -> None:
@@ -482,7 +510,10 @@ def assert_sane(result: SplitResult) -> None:
             decoded = decode_event(body)
         except PayloadError:
             continue  # the processor drops it; any other exception would be a bug
-        assert decoded.phone_number_id == event.session_id.split(":", 1)[0]
+        if isinstance(decoded, TemplateStatusEvent):
+            assert event.session_id == f"templates:{decoded.waba_id or ''}"
+        else:
+            assert decoded.phone_number_id == event.session_id.split(":", 1)[0]
 
 
 def test_random_structures_never_raise() -> None:

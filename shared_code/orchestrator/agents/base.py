@@ -33,6 +33,7 @@ __all__ = [
     "AgentReply",
     "AgentRequest",
     "Contact",
+    "HandoffReply",
     "HistoryEntry",
     "InboundMessage",
     "InteractiveReply",
@@ -107,6 +108,9 @@ class AgentRequest:
 class TextReply:
     body: str
     preview_url: bool = False
+    # The agent asks for a person: the conversation goes to handoff after this reply (every
+    # reply type has it; see shared_code/policy.py).
+    handoff: bool = False
 
     def __repr__(self) -> str:
         return f"TextReply(<{len(self.body)} chars>, preview_url={self.preview_url})"
@@ -117,6 +121,7 @@ class InteractiveReply:
     """Meta's ``interactive`` object as sent: reply buttons, a list menu, a CTA URL, ..."""
 
     interactive: Mapping[str, Any]
+    handoff: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,9 +131,18 @@ class TemplateReply:
     name: str
     language_code: str
     components: Sequence[Mapping[str, Any]] = ()
+    handoff: bool = False
 
 
-AgentReply = TextReply | InteractiveReply | TemplateReply
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffReply:
+    """No answer of the agent's own: hand the conversation to a person (who may get the
+    configured handoff notice)."""
+
+    handoff: bool = True
+
+
+AgentReply = TextReply | InteractiveReply | TemplateReply | HandoffReply
 
 
 class Agent(Protocol):

@@ -25,6 +25,8 @@ Response: ``2xx`` with one reply in the JSON form of :mod:`.replies`
 (``{"type": "text", "text": "..."}``, ``{"type": "interactive", ...}``,
 ``{"type": "template", ...}`` or ``{"type": "none"}``). Anything else raises :class:`AgentError`,
 and the user gets the fallback message. A text longer than WhatsApp's 4,096 characters is cut.
+Any reply may add ``"handoff": true`` to hand the conversation to a person after it (no agent
+answers until an operator releases it; see :mod:`shared_code.policy`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@
                                       "components": [<Meta's template components>]}}
     {"type": "none"}                  (deliberately no reply)
 
+Any of them may add ``"handoff": true``: the agent asks for a person, and the conversation goes to
+``handoff`` after its reply (with ``none``, without one; see :mod:`shared_code.policy`).
+
 ``interactive`` and ``template`` are Meta's own objects from the send-message API, passed through
 as written. Reply buttons (``button``), list menus (``list``) and CTA URL buttons (``cta_url``) are
 checked against Meta's limits here (3 buttons, 20-character titles, 10 rows, ...), so a mistake
@@ -25,6 +28,7 @@ import msgspec
 from shared_code.orchestrator.agents.base import (
     MAX_TEXT_LENGTH,
     AgentReply,
+    HandoffReply,
     InteractiveReply,
     TemplateReply,
     TextReply,
@@ -75,20 +79,23 @@ class _Template(msgspec.Struct, frozen=True):
 class _StrictText(msgspec.Struct, tag="text", tag_field="type", forbid_unknown_fields=True):
     text: str
     preview_url: bool = False
+    handoff: bool = False
 
 
 class _StrictInteractive(
     msgspec.Struct, tag="interactive", tag_field="type", forbid_unknown_fields=True
 ):
     interactive: dict[str, Any]
+    handoff: bool = False
 
 
 class _StrictTemplate(msgspec.Struct, tag="template", tag_field="type", forbid_unknown_fields=True):
     template: _Template
+    handoff: bool = False
 
 
 class _StrictNone(msgspec.Struct, tag="none", tag_field="type", forbid_unknown_fields=True):
-    pass
+    handoff: bool = False
 
 
 class _LenientText(_StrictText, forbid_unknown_fields=False):
@@ -136,18 +143,21 @@ def to_agent_reply(
                 raise ReplyFormatError(
                     f"text longer than {MAX_TEXT_LENGTH} characters - at `{path}.text`"
                 )
-            return TextReply(body=fit_text(spec.text), preview_url=spec.preview_url)
-        return TextReply(body=spec.text, preview_url=spec.preview_url)
+            return TextReply(
+                body=fit_text(spec.text), preview_url=spec.preview_url, handoff=spec.handoff
+            )
+        return TextReply(body=spec.text, preview_url=spec.preview_url, handoff=spec.handoff)
     if isinstance(spec, _StrictInteractive):
         check_interactive(spec.interactive, path=f"{path}.interactive")
-        return InteractiveReply(interactive=spec.interactive)
+        return InteractiveReply(interactive=spec.interactive, handoff=spec.handoff)
     if isinstance(spec, _StrictTemplate):
         return TemplateReply(
             name=spec.template.name,
             language_code=spec.template.language.code,
             components=tuple(spec.template.components),
+            handoff=spec.handoff,
         )
-    return None
+    return HandoffReply() if spec.handoff else None
 
 
 # --- Meta's interactive objects ----------------------------------------------------------------
