@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup dev test lint unit integration e2e fuzz fuzz-short faults faults-short bench-ingest bench-sender bench-e2e doctor clean
+.PHONY: setup dev test lint unit integration e2e fuzz fuzz-short faults faults-short bench-ingest bench-sender bench-e2e bench-management doctor clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-sender: setup  ## benchmark: 4 sender workers against the simulator at 80/
 
 bench-e2e: setup  ## benchmark: user message -> agent reply at the simulator, 100 conversations/s
 	$(BIN)/python -m bench.e2e
+
+bench-management: setup  ## benchmark: management reads on 10 M messages (pages, search, analytics)
+	$(BIN)/python -m bench.management
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -3,6 +3,7 @@
 import azure.functions as func
 
 from maintenance_function import bp as maintenance_bp
+from management_function import bp as management_bp
 from processor_function import bp as processor_bp
 from sender_function import bp as sender_bp
 from shared_code.log_privacy import install_log_record_factory
@@ -17,3 +18,4 @@ app.register_functions(webhook_bp)
 app.register_functions(processor_bp)
 app.register_functions(sender_bp)
 app.register_functions(maintenance_bp)
+app.register_functions(management_bp)

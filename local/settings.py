@@ -39,6 +39,9 @@ DEV_DEFAULTS: Final[Mapping[str, str]] = MappingProxyType(
         "BUS_BACKEND": "local",
         "INBOUND_QUEUE_NAME": "inbound-events",
         "OUTBOUND_QUEUE_NAME": "outbound-messages",
+        # The management API's keys: full access, and read-only.
+        "MANAGEMENT_API_KEYS": "dev-management-key",
+        "MANAGEMENT_API_READ_KEYS": "dev-read-key",
     }
 )
 

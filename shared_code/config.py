@@ -8,6 +8,7 @@ one readable message instead of a ``KeyError`` on the first webhook.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,14 @@ from typing import Literal, TypeVar
 
 from shared_code.orchestrator.agent_routing import AgentRoutingRule, parse_routing_rules
 from shared_code.orchestrator.agents import AgentSettings
+from shared_code.policy import (
+    DEFAULT_HANDOFF_KEYWORDS,
+    DEFAULT_OPT_IN_KEYWORDS,
+    DEFAULT_OPT_OUT_KEYWORDS,
+    PolicySettings,
+    WindowTemplate,
+    parse_keywords,
+)
 from shared_code.ratelimit import RateLimitPolicy
 from shared_code.retry_policy import RetryPolicy
 from shared_code.secrets import EnvironmentSecrets, KeyVaultSecrets, Secret, SecretSource
@@ -41,6 +50,9 @@ SECRET_SETTINGS = (
     "DATABASE_URL",
     "OPENAI_API_KEY",
     "AGENT_HTTP_SECRET",
+    "MANAGEMENT_API_KEYS",
+    "MANAGEMENT_API_READ_KEYS",
+    "MANAGEMENT_CURSOR_SECRET",
 )
 
 BusBackend = Literal["azure", "local"]
@@ -58,6 +70,65 @@ class ServiceBusSettings:
     connection_string: Secret | None = None
     fully_qualified_namespace: str | None = None
     managed_identity_client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagementSettings:
+    """Who may call the management API, and how its page cursors are signed."""
+
+    # Bearer keys: full access, and read-only (GET). None configured means no key is accepted.
+    api_keys: tuple[Secret, ...] = ()
+    read_keys: tuple[Secret, ...] = ()
+    # Microsoft Entra ID access tokens are accepted too when both are set.
+    entra_tenant_id: str | None = None
+    entra_audience: str | None = None
+    # Where the tenant's signing keys and issuer live; other than Entra's only in tests.
+    entra_authority: str = "https://login.microsoftonline.com"
+    # Signs pagination cursors so a client cannot forge one; defaults to a key derived from the
+    # app secret, so every instance of a deployment agrees without another setting.
+    cursor_secret: Secret | None = None
+
+
+# Meta's first business-initiated messaging tier: unique users outside the customer-service
+# window in a moving 24 hours.
+DEFAULT_BUSINESS_INITIATED_DAILY_LIMIT = 250
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessInitiatedLimit:
+    """Unique users a business number may start conversations with per moving 24 h."""
+
+    default: int = DEFAULT_BUSINESS_INITIATED_DAILY_LIMIT
+    per_number: Mapping[str, int] = field(default_factory=dict)
+
+    def for_number(self, phone_number_id: str) -> int:
+        return self.per_number.get(phone_number_id, self.default)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> BusinessInitiatedLimit:
+        """``"1000"`` for every number, or ``{"default": 250, "<phone_number_id>": 2000}``."""
+        if raw is None:
+            return cls()
+        if raw.strip().lstrip("-").isdigit():
+            return cls(default=_at_least_one(int(raw), "the limit"))
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ValueError("must be an integer or a JSON object of integers") from None
+        if not isinstance(data, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in data.values()
+        ):
+            raise ValueError("must be an integer or a JSON object of integers")
+        default = _at_least_one(
+            data.pop("default", DEFAULT_BUSINESS_INITIATED_DAILY_LIMIT), "default"
+        )
+        return cls(default, {str(k): _at_least_one(v, str(k)) for k, v in data.items()})
+
+
+def _at_least_one(value: int, name: str) -> int:
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1")
+    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,6 +159,12 @@ class Settings:
     rate_limits: RateLimitPolicy = field(default_factory=RateLimitPolicy)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     mark_as_read: bool = True
+    # Opt-out, handoff, customer-service window, idle close and retention (shared_code/policy.py).
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    business_initiated_limit: BusinessInitiatedLimit = field(default_factory=BusinessInitiatedLimit)
+    # How old the cached template catalogue may grow before the timer reads it again.
+    template_refresh_minutes: int = 15
+    management: ManagementSettings = ManagementSettings()
 
     @classmethod
     def from_environment(
@@ -155,6 +232,16 @@ class Settings:
                 ),
             ),
             mark_as_read=reader.boolean("WHATSAPP_MARK_AS_READ", default=True),
+            policy=_policy_settings(reader),
+            business_initiated_limit=reader.parsed(
+                "BUSINESS_INITIATED_DAILY_LIMIT",
+                BusinessInitiatedLimit.parse,
+                BusinessInitiatedLimit(),
+            ),
+            template_refresh_minutes=reader.integer(
+                "TEMPLATE_REFRESH_MINUTES", default=15, minimum=1
+            ),
+            management=_management_settings(reader),
         )
         reader.raise_if_incomplete()
         return settings
@@ -182,6 +269,51 @@ def _agent_settings(reader: _Reader) -> AgentSettings:
         ),
         http_agent_url=reader.optional("AGENT_HTTP_URL"),
         http_agent_secret=reader.optional_secret("AGENT_HTTP_SECRET"),
+    )
+
+
+def _management_settings(reader: _Reader) -> ManagementSettings:
+    tenant = reader.optional("MANAGEMENT_ENTRA_TENANT_ID")
+    audience = reader.optional("MANAGEMENT_ENTRA_AUDIENCE")
+    if (tenant is None) != (audience is None):
+        reader.malformed.append(
+            "MANAGEMENT_ENTRA_TENANT_ID and MANAGEMENT_ENTRA_AUDIENCE must be set together"
+        )
+        tenant = audience = None
+    return ManagementSettings(
+        api_keys=reader.secret_list("MANAGEMENT_API_KEYS"),
+        read_keys=reader.secret_list("MANAGEMENT_API_READ_KEYS"),
+        entra_tenant_id=tenant,
+        entra_audience=audience,
+        entra_authority=(
+            reader.optional("MANAGEMENT_ENTRA_AUTHORITY") or "https://login.microsoftonline.com"
+        ).rstrip("/"),
+        cursor_secret=reader.optional_secret("MANAGEMENT_CURSOR_SECRET"),
+    )
+
+
+def _policy_settings(reader: _Reader) -> PolicySettings:
+    defaults = PolicySettings()
+
+    def keywords(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        return reader.parsed(name, lambda raw: parse_keywords(raw, default), default)
+
+    return PolicySettings(
+        opt_out_keywords=keywords("OPT_OUT_KEYWORDS", DEFAULT_OPT_OUT_KEYWORDS),
+        opt_in_keywords=keywords("OPT_IN_KEYWORDS", DEFAULT_OPT_IN_KEYWORDS),
+        handoff_keywords=keywords("HANDOFF_KEYWORDS", DEFAULT_HANDOFF_KEYWORDS),
+        opt_out_confirmation=(
+            reader.optional("OPT_OUT_CONFIRMATION") or defaults.opt_out_confirmation
+        ),
+        opt_in_confirmation=reader.optional("OPT_IN_CONFIRMATION") or defaults.opt_in_confirmation,
+        handoff_notice=reader.optional("HANDOFF_NOTICE"),
+        window_closed_template=reader.parsed("WINDOW_CLOSED_TEMPLATE", WindowTemplate.parse, None),
+        idle_close_hours=reader.number(
+            "CONVERSATION_IDLE_CLOSE_HOURS", default=defaults.idle_close_hours, minimum=0.01
+        ),
+        retention_days=reader.integer(
+            "WHATSAPP_RETENTION_DAYS", default=defaults.retention_days, minimum=1
+        ),
     )
 
 
@@ -236,6 +368,11 @@ class _Reader:
     def optional_secret(self, name: str) -> Secret | None:
         value = self._secrets.get(name)
         return Secret(value) if value else None
+
+    def secret_list(self, name: str) -> tuple[Secret, ...]:
+        """A comma-separated list of secrets (e.g. keys being rotated: old and new together)."""
+        value = self._secrets.get(name) or ""
+        return tuple(Secret(item.strip()) for item in value.split(",") if item.strip())
 
     def number(self, name: str, *, default: float, minimum: float) -> float:
         raw = self.optional(name)

@@ -18,11 +18,15 @@ from shared_code.config import Settings, load_settings
 from shared_code.db.migrations import apply_migrations
 from shared_code.db.pool import Pool, open_pool
 from shared_code.heap import freeze_startup_heap
-from shared_code.orchestrator.agents import TextReply, build_agents
+from shared_code.management.context import ManagementContext, build_management_context
+from shared_code.orchestrator.agent_catalog import AgentCatalog
+from shared_code.orchestrator.agents import TextReply
 from shared_code.orchestrator.orchestrator import Orchestrator
+from shared_code.policy import MessagingPolicy
 from shared_code.processing import EventProcessor
 from shared_code.ratelimit import RateLimiter
 from shared_code.sending import OutboundSender
+from shared_code.templates import TemplateCatalogue
 from shared_code.webhook_intake import WebhookIntake
 from shared_code.whatsapp.graph_client import GraphApiClient
 
@@ -42,6 +46,8 @@ class Services:
     limiter: RateLimiter
     graph: GraphApiClient
     agent_http: httpx.AsyncClient
+    templates: TemplateCatalogue
+    management: ManagementContext
 
     async def close(self) -> None:
         # Bounded: a database that accepts and never answers must not hold a worker's shutdown
@@ -53,6 +59,7 @@ class Services:
             logger.warning("shutdown: forwarding still running after %.0f s; left", _DRAIN_SECONDS)
         await self.graph.aclose()
         await self.agent_http.aclose()
+        await self.management.aclose()
         try:
             async with asyncio.timeout(_POOL_CLOSE_SECONDS):
                 await self.bus.close()
@@ -106,19 +113,30 @@ async def build_services(settings: Settings) -> Services:
         timeout=httpx.Timeout(settings.agents.timeout_seconds, connect=5.0),
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
     )
+    # Agents come from whatsapp_agents, seeded from the agent settings on the first start.
+    agent_catalog = AgentCatalog(
+        pool=pool,
+        settings=settings.agents,
+        routing_rules=settings.agent_routing_rules,
+        http=agent_http,
+    )
+    await agent_catalog.start()
     orchestrator = Orchestrator(
         pool=pool,
         bus=bus,
         outbound_queue=settings.outbound_queue_name,
         graph=graph,
-        agents=build_agents(settings.agents, agent_http),
-        routing_rules=settings.agent_routing_rules,
+        catalog=agent_catalog,
         timeout_seconds=settings.agents.timeout_seconds,
         fallback=TextReply(body=settings.agents.fallback_message),
         history_limit=settings.agents.history_limit,
         mark_as_read=settings.mark_as_read,
+        policy=MessagingPolicy(pool, settings.policy),
     )
-    processor = EventProcessor(pool, orchestrator)
+    templates = TemplateCatalogue(
+        pool=pool, graph=graph, waba_id=settings.whatsapp_business_account_id
+    )
+    processor = EventProcessor(pool, orchestrator, templates)
     sender = OutboundSender(
         pool=pool,
         bus=bus,
@@ -126,6 +144,7 @@ async def build_services(settings: Settings) -> Services:
         graph=graph,
         limiter=limiter,
         policy=settings.retry_policy,
+        window_closed_template=settings.policy.window_closed_template,
     )
     logger.info("services ready (bus: %s)", settings.bus_backend)
     return Services(
@@ -138,6 +157,8 @@ async def build_services(settings: Settings) -> Services:
         limiter=limiter,
         graph=graph,
         agent_http=agent_http,
+        templates=templates,
+        management=build_management_context(settings),
     )
 
 

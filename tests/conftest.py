@@ -64,6 +64,8 @@ TEST_SECRETS = (
     "dev-app-secret",
     "dev-access-token",
     "dev-verify-token",
+    "dev-management-key",
+    "dev-read-key",
 )
 # The test data's users: US numbers of the 555 exchange or area code, and the seed's French one.
 # The business's own display numbers (155507838xx) are public and allowed.

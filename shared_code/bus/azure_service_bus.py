@@ -21,9 +21,10 @@ from azure.core.exceptions import AzureError
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.aio.management import ServiceBusAdministrationClient
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from shared_code.bus.port import OutgoingMessage, PublishError
+from shared_code.bus.port import OutgoingMessage, PublishError, QueueDepth
 from shared_code.log_privacy import pseudonym
 
 __all__ = ["AzureServiceBus"]
@@ -46,6 +47,24 @@ class _Client(Protocol):
     async def close(self) -> None: ...
 
 
+class _RuntimeProperties(Protocol):
+    """The part of ``azure.servicebus.management.QueueRuntimeProperties`` used here."""
+
+    @property
+    def active_message_count(self) -> int | None: ...
+    @property
+    def scheduled_message_count(self) -> int | None: ...
+    @property
+    def dead_letter_message_count(self) -> int | None: ...
+
+
+class _Administration(Protocol):
+    """The part of ``azure.servicebus.aio.management.ServiceBusAdministrationClient`` used here."""
+
+    async def get_queue_runtime_properties(self, queue_name: str) -> _RuntimeProperties: ...
+    async def close(self) -> None: ...
+
+
 class _QueueSender:
     def __init__(self, sender: _Sender) -> None:
         self.sender = sender
@@ -58,10 +77,19 @@ class _QueueSender:
 class AzureServiceBus:
     """Implements ``MessageBus`` on Azure Service Bus."""
 
-    def __init__(self, client: _Client, *, credential: AsyncTokenCredential | None = None) -> None:
+    def __init__(
+        self,
+        client: _Client,
+        *,
+        credential: AsyncTokenCredential | None = None,
+        administration: _Administration | None = None,
+    ) -> None:
         """``client`` is usually an ``azure.servicebus.aio.ServiceBusClient``; ``credential``, when
-        given, is closed with the client (the client does not own it)."""
+        given, is closed with the client (the client does not own it). ``administration`` (same
+        namespace and credential) reads queue depths for ``GET status``; it needs the Manage
+        right (Azure Service Bus Data Owner), which a sender's role does not include."""
         self._client = client
+        self._administration = administration
         self._credential = credential
         self._senders: dict[str, _QueueSender] = {}
         self._senders_lock = asyncio.Lock()
@@ -69,7 +97,10 @@ class AzureServiceBus:
 
     @classmethod
     def from_connection_string(cls, conn_str: str) -> AzureServiceBus:
-        return cls(ServiceBusClient.from_connection_string(conn_str))
+        return cls(
+            ServiceBusClient.from_connection_string(conn_str),
+            administration=ServiceBusAdministrationClient.from_connection_string(conn_str),
+        )
 
     @classmethod
     def from_namespace(
@@ -84,7 +115,8 @@ class AzureServiceBus:
         else:
             credential = DefaultAzureCredential()
         client = ServiceBusClient(fully_qualified_namespace, credential)
-        return cls(client, credential=credential)
+        administration = ServiceBusAdministrationClient(fully_qualified_namespace, credential)
+        return cls(client, credential=credential, administration=administration)
 
     async def publish(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
         if not messages:
@@ -131,9 +163,29 @@ class AzureServiceBus:
                 logger.warning("closing the sender of queue %s failed: %s", queue, error)
         try:
             await self._client.close()
+            if self._administration is not None:
+                await self._administration.close()
         finally:
             if self._credential is not None:
                 await self._credential.close()
+
+    async def queue_depths(self, queues: Sequence[str]) -> list[QueueDepth]:
+        """Each queue's runtime properties (one management request per queue, concurrently)."""
+        administration = self._administration
+        if administration is None:
+            raise RuntimeError("this publisher was built without a Service Bus management client")
+        properties = await asyncio.gather(
+            *(administration.get_queue_runtime_properties(queue) for queue in queues)
+        )
+        return [
+            QueueDepth(
+                queue=queue,
+                active=item.active_message_count or 0,
+                scheduled=item.scheduled_message_count or 0,
+                dead_lettered=item.dead_letter_message_count or 0,
+            )
+            for queue, item in zip(queues, properties, strict=True)
+        ]
 
     async def _sender_for(self, queue: str) -> _QueueSender:
         async with self._senders_lock:

@@ -58,7 +58,7 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
 from shared_code.batching import BatchingQueue
-from shared_code.bus.port import OutgoingMessage, PropertyValue, PublishError
+from shared_code.bus.port import OutgoingMessage, PropertyValue, PublishError, QueueDepth
 from shared_code.db.pool import Pool
 from shared_code.log_privacy import pseudonym
 
@@ -502,6 +502,15 @@ _COUNT_ACTIVE: Final = """
 SELECT count(*) FROM local_bus_messages WHERE queue = %(queue)s AND visible_at <= now()
 """
 
+_QUEUE_DEPTHS: Final = """
+SELECT q.queue,
+       (SELECT count(*) FROM local_bus_messages m WHERE m.queue = q.queue AND m.visible_at <= now()),
+       (SELECT count(*) FROM local_bus_messages m WHERE m.queue = q.queue AND m.visible_at > now()),
+       (SELECT count(*) FROM local_bus_dead_letters d WHERE d.queue = q.queue)
+FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q (queue, position)
+ORDER BY q.position
+"""
+
 _PURGE_EXPIRED: Final = """
 WITH stale_sessions AS (
     -- Lock rows left behind by holders that never closed; an expired lock protects nothing.
@@ -856,6 +865,18 @@ class LocalQueue:
             cursor = await conn.execute(_COUNT_ACTIVE, {"queue": queue})
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    async def queue_depths(self, queues: Sequence[str]) -> list[QueueDepth]:
+        """Active (visible now, locked or not), scheduled and dead-lettered counts per queue."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_QUEUE_DEPTHS, {"queues": list(queues)})
+            rows = await cursor.fetchall()
+        return [
+            QueueDepth(
+                queue=queue, active=int(active), scheduled=int(scheduled), dead_lettered=int(dead)
+            )
+            for queue, active, scheduled, dead in rows
+        ]
 
     # --- internals ----------------------------------------------------------------------------
 

@@ -9,9 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-__all__ = ["MessageBus", "OutgoingMessage", "PropertyValue", "PublishError"]
+__all__ = [
+    "MessageBus",
+    "OutgoingMessage",
+    "PropertyValue",
+    "PublishError",
+    "QueueDepth",
+    "QueueInspector",
+]
 
 PropertyValue = str | int | float | bool
 
@@ -52,3 +59,23 @@ class MessageBus(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueDepth:
+    """How many messages wait in one queue: deliverable now (locked ones included), scheduled for
+    later, and dead-lettered."""
+
+    queue: str
+    active: int
+    scheduled: int
+    dead_lettered: int
+
+
+@runtime_checkable
+class QueueInspector(Protocol):
+    """What ``GET status`` asks of a bus; both adapters implement it (test fakes need not)."""
+
+    async def queue_depths(self, queues: Sequence[str]) -> list[QueueDepth]:
+        """One entry per queue, in order; raises if the broker cannot be asked."""
+        ...

@@ -262,8 +262,8 @@ async def test_other_webhook_fields_are_stored_as_ignored(
                 "id": "200000000000001",
                 "changes": [
                     {
-                        "field": "message_template_status_update",
-                        "value": {"event": "APPROVED", "message_template_id": 1},
+                        "field": "account_update",
+                        "value": {"event": "VERIFIED_ACCOUNT", "phone_number": "15550783881"},
                     }
                 ],
             }

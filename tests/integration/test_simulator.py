@@ -212,7 +212,8 @@ def template_message(to: str = USER) -> dict[str, Any]:
         "recipient_type": "individual",
         "to": to,
         "type": "template",
-        "template": {"name": "welcome_message", "language": {"code": "en"}},
+        # Meta's sample template, in every business account's catalogue (and the simulator's).
+        "template": {"name": "hello_world", "language": {"code": "en_US"}},
     }
 
 
@@ -655,7 +656,7 @@ async def test_control_endpoints_list_count_configure_and_reset(start_simulator:
     assert mark_read.json() == {"success": True}
     listed = (await sim.client.get("/simulator/messages", params={"to": "+15552223333"})).json()
     assert [message["wa_id"] for message in listed["messages"]] == ["15552223333"]
-    assert listed["messages"][0]["body"]["template"]["name"] == "welcome_message"
+    assert listed["messages"][0]["body"]["template"]["name"] == "hello_world"
     receipts = (await sim.client.get("/simulator/read-receipts")).json()["read_receipts"]
     assert [(r["message_id"], r["typing_indicator"]) for r in receipts] == [
         ("wamid.inbound", "text")

@@ -201,7 +201,7 @@ ACCEPTED: dict[str, tuple[Send, str]] = {
             language=TemplateLanguage.ENGLISH_US,
             params=[
                 HeaderText.params("Summer"),
-                BodyText.params("John", "42"),
+                BodyText.params("42"),
                 QuickReplyButton.params(callback_data="yes", index=0),
                 TemplateURLButton.params(url_variable="orders/42", index=1),
                 CopyCodeButton.params(coupon_code="SAVE25", index=2),

@@ -1,0 +1,1 @@
+"""The management API: what the management functions call (auth, queries, commands, OpenAPI)."""

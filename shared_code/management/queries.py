@@ -1,0 +1,482 @@
+"""Read models and keyset-paged queries of the management API's list endpoints.
+
+Every list is ordered by a unique key (newest id first) and continues after the last row of the
+previous page (``WHERE id < last``), never by OFFSET: a page costs the same 50 index entries on
+page 1 and page 10,000, and rows inserted meanwhile (always with higher ids) neither shift nor
+repeat what the client already has. The cursor carries the last id, signed (see cursors.py).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+
+import msgspec
+from psycopg import sql
+
+from shared_code.db.pool import Pool
+from shared_code.management.cursors import CursorSigner
+from shared_code.management.problems import InvalidRequest, NotFound
+from shared_code.management.redaction import redact_webhook_body
+
+__all__ = [
+    "ContactOut",
+    "ContactPage",
+    "ContactsQuery",
+    "ConversationOut",
+    "ConversationPage",
+    "ConversationsQuery",
+    "MessageOut",
+    "MessagePage",
+    "MessagesQuery",
+    "PageQuery",
+    "WebhookEventOut",
+    "WebhookEventPage",
+    "WebhookEventsQuery",
+    "list_contacts",
+    "list_conversation_messages",
+    "list_conversations",
+    "list_webhook_events",
+]
+
+Limit = Annotated[int, msgspec.Meta(ge=1, le=200, description="Rows per page (1-200).")]
+Cursor = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=512,
+        description="Opaque position returned as `next` by the previous page; do not build it.",
+    ),
+]
+DEFAULT_LIMIT = 50
+
+
+class PageQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Cursor | None = None
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+class ContactOut(msgspec.Struct, kw_only=True):
+    id: int
+    wa_id: Annotated[str, msgspec.Meta(description="The user's WhatsApp id (phone digits).")]
+    profile_name: str | None
+    opted_out: bool
+    opted_out_at: datetime | None
+    last_inbound_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationOut(msgspec.Struct, kw_only=True):
+    id: int
+    phone_number_id: str
+    contact_id: int
+    status: Annotated[str, msgspec.Meta(description="open, handoff or closed.")]
+    assigned_agent: str | None
+    last_message_at: datetime | None
+    last_inbound_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+
+
+class StatusEntry(msgspec.Struct, kw_only=True):
+    status: str
+    at: datetime | None
+    error_code: int | None = None
+    error_title: str | None = None
+
+
+class MessageOut(msgspec.Struct, kw_only=True):
+    id: int
+    conversation_id: int
+    direction: Literal["inbound", "outbound"]
+    wamid: str | None
+    message_type: str
+    text: str | None
+    status: str
+    error_code: int | None
+    error_title: str | None
+    agent: str | None
+    whatsapp_timestamp: datetime | None
+    created_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    read_at: datetime | None
+    failed_at: datetime | None
+    status_history: list[StatusEntry]
+
+
+class WebhookEventOut(msgspec.Struct, kw_only=True):
+    id: int
+    received_at: datetime
+    status: str
+    reason: str | None
+    object: str | None
+    fields: list[str]
+    event_count: int
+    duplicate_count: int
+    redacted: bool
+    body: Annotated[
+        Any,
+        msgspec.Meta(
+            description="The JSON body; phone numbers, names, texts and wamids replaced by "
+            "'[redacted]' unless raw=true was asked with a full-access credential. Null when "
+            "the stored bytes are not JSON."
+        ),
+    ] = None
+    body_base64: Annotated[
+        str | None,
+        msgspec.Meta(description="The exact bytes, base64, only with raw=true."),
+    ] = None
+
+
+class ContactPage(msgspec.Struct, kw_only=True):
+    data: list[ContactOut]
+    next: Annotated[str | None, msgspec.Meta(description="Link to the next page, or null.")]
+
+
+class ConversationPage(msgspec.Struct, kw_only=True):
+    data: list[ConversationOut]
+    next: str | None
+
+
+class MessagePage(msgspec.Struct, kw_only=True):
+    data: list[MessageOut]
+    next: str | None
+
+
+class WebhookEventPage(msgspec.Struct, kw_only=True):
+    data: list[WebhookEventOut]
+    next: str | None
+
+
+# --- queries --------------------------------------------------------------------------------
+
+SearchText = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=100,
+        description="A name fragment (case-insensitive), or the first digits of a phone number.",
+    ),
+]
+
+
+class ContactsQuery(PageQuery, kw_only=True, forbid_unknown_fields=True):
+    search: SearchText | None = None
+    opted_out: bool | None = None
+
+
+class ConversationsQuery(PageQuery, kw_only=True, forbid_unknown_fields=True):
+    status: Literal["open", "handoff", "closed"] | None = None
+    agent: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    contact_id: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    updated_since: datetime | None = None
+
+
+class MessagesQuery(PageQuery, kw_only=True, forbid_unknown_fields=True):
+    direction: Literal["inbound", "outbound"] | None = None
+    status: (
+        Literal["received", "pending", "accepted", "sent", "delivered", "read", "failed", "deleted"]
+        | None
+    ) = None
+
+
+class WebhookEventsQuery(PageQuery, kw_only=True, forbid_unknown_fields=True):
+    status: Literal["pending", "published", "ignored", "invalid", "failed"] | None = None
+    received_from: Annotated[datetime, msgspec.Meta(description="Inclusive.")] | None = None
+    received_to: Annotated[datetime, msgspec.Meta(description="Exclusive.")] | None = None
+    raw: Annotated[
+        bool, msgspec.Meta(description="Unredacted bodies; needs a full-access credential.")
+    ] = False
+
+
+def _filters_of(query: PageQuery) -> dict[str, object]:
+    """The query's filters (what a cursor is bound to): everything but the position and size."""
+    return {
+        name: value
+        for name, value in msgspec.structs.asdict(query).items()
+        if name not in ("cursor", "limit") and value is not None
+    }
+
+
+class _Pager:
+    """Reads the cursor of a page query and writes the next link."""
+
+    def __init__(self, signer: CursorSigner, scope: str, query: PageQuery, path: str) -> None:
+        self._signer = signer
+        self._scope = scope
+        self._query = query
+        self._path = path
+        self._filters = _filters_of(query)
+        self.after: int | None = None
+        if query.cursor is not None:
+            position = signer.decode(scope, self._filters, query.cursor)
+            if len(position) != 1 or not isinstance(position[0], int):
+                raise InvalidRequest("the cursor is invalid", code="invalid_cursor")
+            self.after = position[0]
+
+    @property
+    def fetch(self) -> int:
+        # One row more than asked says whether there is a next page.
+        return self._query.limit + 1
+
+    def next_link(self, rows: Sequence[Any], last_id: int) -> str | None:
+        if len(rows) <= self._query.limit:
+            return None
+        cursor = self._signer.encode(self._scope, self._filters, [last_id])
+        params: dict[str, str] = {}
+        for name, value in self._filters.items():
+            params[name] = _query_value(value)
+        params["limit"] = str(self._query.limit)
+        params["cursor"] = cursor
+        return f"{self._path}?{urlencode(params)}"
+
+
+def _query_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _where(conditions: list[sql.Composable]) -> sql.Composable:
+    if not conditions:
+        return sql.SQL("")
+    return sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions)
+
+
+def _like_fragment(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_contacts(
+    pool: Pool, signer: CursorSigner, query: ContactsQuery, path: str
+) -> ContactPage:
+    pager = _Pager(signer, "contacts", query, path)
+    conditions: list[sql.Composable] = []
+    params: dict[str, object] = {"limit": pager.fetch}
+    if pager.after is not None:
+        conditions.append(sql.SQL("id < %(after)s"))
+        params["after"] = pager.after
+    if query.opted_out is not None:
+        conditions.append(sql.SQL("opted_out = %(opted_out)s"))
+        params["opted_out"] = query.opted_out
+    if query.search is not None:
+        term = query.search.strip()
+        digits = term.removeprefix("+").replace(" ", "")
+        if digits.isdigit():
+            # wa_id is the number's digits; a prefix is what a person types.
+            conditions.append(sql.SQL("wa_id LIKE %(prefix)s"))
+            params["prefix"] = digits + "%"
+        else:
+            conditions.append(sql.SQL("profile_name ILIKE %(fragment)s"))
+            params["fragment"] = _like_fragment(term)
+    statement = sql.SQL(
+        "SELECT id, wa_id, profile_name, opted_out, opted_out_at, last_inbound_at, created_at, "
+        "updated_at FROM whatsapp_contacts {where} ORDER BY id DESC LIMIT %(limit)s"
+    ).format(where=_where(conditions))
+    async with pool.connection() as conn:
+        cursor = await conn.execute(statement, params)
+        rows = await cursor.fetchall()
+    page = [
+        ContactOut(
+            id=r[0],
+            wa_id=r[1],
+            profile_name=r[2],
+            opted_out=r[3],
+            opted_out_at=r[4],
+            last_inbound_at=r[5],
+            created_at=r[6],
+            updated_at=r[7],
+        )
+        for r in rows[: query.limit]
+    ]
+    return ContactPage(data=page, next=pager.next_link(rows, page[-1].id if page else 0))
+
+
+async def list_conversations(
+    pool: Pool, signer: CursorSigner, query: ConversationsQuery, path: str
+) -> ConversationPage:
+    pager = _Pager(signer, "conversations", query, path)
+    conditions: list[sql.Composable] = []
+    params: dict[str, object] = {"limit": pager.fetch}
+    if pager.after is not None:
+        conditions.append(sql.SQL("id < %(after)s"))
+        params["after"] = pager.after
+    for name, column in (
+        ("status", "status"),
+        ("agent", "assigned_agent"),
+        ("contact_id", "contact_id"),
+    ):
+        value = getattr(query, name)
+        if value is not None:
+            conditions.append(
+                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(name))
+            )
+            params[name] = value
+    if query.updated_since is not None:
+        conditions.append(sql.SQL("updated_at >= %(updated_since)s"))
+        params["updated_since"] = query.updated_since
+    statement = sql.SQL(
+        "SELECT id, phone_number_id, contact_id, status, assigned_agent, last_message_at, "
+        "last_inbound_at, created_at, updated_at, closed_at FROM whatsapp_conversations "
+        "{where} ORDER BY id DESC LIMIT %(limit)s"
+    ).format(where=_where(conditions))
+    async with pool.connection() as conn:
+        cursor = await conn.execute(statement, params)
+        rows = await cursor.fetchall()
+    page = [
+        ConversationOut(
+            id=r[0],
+            phone_number_id=r[1],
+            contact_id=r[2],
+            status=r[3],
+            assigned_agent=r[4],
+            last_message_at=r[5],
+            last_inbound_at=r[6],
+            created_at=r[7],
+            updated_at=r[8],
+            closed_at=r[9],
+        )
+        for r in rows[: query.limit]
+    ]
+    return ConversationPage(data=page, next=pager.next_link(rows, page[-1].id if page else 0))
+
+
+_MESSAGES = """
+SELECT m.id, m.conversation_id, m.direction, m.wamid, m.message_type, m.text_body, m.status,
+       m.error_code, m.error_title, m.agent, m.whatsapp_timestamp, m.created_at, m.sent_at,
+       m.delivered_at, m.read_at, m.failed_at,
+       COALESCE(h.history, '[]'::jsonb)
+FROM whatsapp_messages m
+LEFT JOIN LATERAL (
+    SELECT jsonb_agg(
+               jsonb_build_object('status', s.status, 'at', s.status_timestamp,
+                                  'error_code', s.error_code, 'error_title', s.error_title)
+               ORDER BY whatsapp_status_rank(s.status), s.status_timestamp
+           ) AS history
+    FROM whatsapp_message_statuses s
+    WHERE m.wamid IS NOT NULL AND s.wamid = m.wamid
+) h ON true
+{where}
+ORDER BY m.id DESC
+LIMIT %(limit)s
+"""
+
+_decode_history = msgspec.json.Decoder(list[StatusEntry]).decode
+_encode = msgspec.json.Encoder().encode
+
+
+async def list_conversation_messages(
+    pool: Pool, signer: CursorSigner, conversation_id: int, query: MessagesQuery, path: str
+) -> MessagePage:
+    pager = _Pager(signer, f"messages:{conversation_id}", query, path)
+    conditions: list[sql.Composable] = [sql.SQL("m.conversation_id = %(conversation_id)s")]
+    params: dict[str, object] = {"limit": pager.fetch, "conversation_id": conversation_id}
+    if pager.after is not None:
+        conditions.append(sql.SQL("m.id < %(after)s"))
+        params["after"] = pager.after
+    if query.direction is not None:
+        conditions.append(sql.SQL("m.direction = %(direction)s"))
+        params["direction"] = query.direction
+    if query.status is not None:
+        conditions.append(sql.SQL("m.status = %(status)s"))
+        params["status"] = query.status
+    statement = sql.SQL(_MESSAGES).format(where=_where(conditions))
+    async with pool.connection() as conn:
+        cursor = await conn.execute(statement, params)
+        rows = await cursor.fetchall()
+        if not rows and pager.after is None:
+            found = await conn.execute(
+                "SELECT 1 FROM whatsapp_conversations WHERE id = %s", (conversation_id,)
+            )
+            if await found.fetchone() is None:
+                raise NotFound("no conversation with this id", code="conversation_not_found")
+    page = [
+        MessageOut(
+            id=r[0],
+            conversation_id=r[1],
+            direction=r[2],
+            wamid=r[3],
+            message_type=r[4],
+            text=r[5],
+            status=r[6],
+            error_code=r[7],
+            error_title=r[8],
+            agent=r[9],
+            whatsapp_timestamp=r[10],
+            created_at=r[11],
+            sent_at=r[12],
+            delivered_at=r[13],
+            read_at=r[14],
+            failed_at=r[15],
+            status_history=_decode_history(_encode(r[16])),
+        )
+        for r in rows[: query.limit]
+    ]
+    return MessagePage(data=page, next=pager.next_link(rows, page[-1].id if page else 0))
+
+
+async def list_webhook_events(
+    pool: Pool, signer: CursorSigner, query: WebhookEventsQuery, path: str
+) -> WebhookEventPage:
+    if (
+        query.received_from is not None
+        and query.received_to is not None
+        and query.received_from >= query.received_to
+    ):
+        raise InvalidRequest("received_from must be before received_to", code="invalid_range")
+    pager = _Pager(signer, "webhook-events", query, path)
+    conditions: list[sql.Composable] = []
+    params: dict[str, object] = {"limit": pager.fetch}
+    if pager.after is not None:
+        conditions.append(sql.SQL("id < %(after)s"))
+        params["after"] = pager.after
+    if query.status is not None:
+        conditions.append(sql.SQL("status = %(status)s"))
+        params["status"] = query.status
+    if query.received_from is not None:
+        conditions.append(sql.SQL("received_at >= %(received_from)s"))
+        params["received_from"] = query.received_from
+    if query.received_to is not None:
+        conditions.append(sql.SQL("received_at < %(received_to)s"))
+        params["received_to"] = query.received_to
+    statement = sql.SQL(
+        "SELECT id, received_at, status, reason, object, fields, event_count, duplicate_count, "
+        "body FROM whatsapp_webhook_events {where} ORDER BY id DESC LIMIT %(limit)s"
+    ).format(where=_where(conditions))
+    async with pool.connection() as conn:
+        cursor = await conn.execute(statement, params)
+        rows = await cursor.fetchall()
+    page = [_webhook_event(r, raw=query.raw) for r in rows[: query.limit]]
+    return WebhookEventPage(data=page, next=pager.next_link(rows, page[-1].id if page else 0))
+
+
+def _webhook_event(row: Sequence[Any], *, raw: bool) -> WebhookEventOut:
+    body_bytes = bytes(row[8])
+    try:
+        parsed: Any = msgspec.json.decode(body_bytes)
+    except msgspec.DecodeError:
+        parsed = None
+    return WebhookEventOut(
+        id=row[0],
+        received_at=row[1],
+        status=row[2],
+        reason=row[3],
+        object=row[4],
+        fields=list(row[5]),
+        event_count=row[6],
+        duplicate_count=row[7],
+        redacted=not raw,
+        body=parsed if raw else (None if parsed is None else redact_webhook_body(parsed)),
+        body_base64=base64.b64encode(body_bytes).decode() if raw else None,
+    )
