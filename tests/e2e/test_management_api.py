@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import HostFactory, RunningHost
-from tests.e2e.test_reply_path import replies_to, user_writes, wait_for
+from tests.e2e.test_reply_path import replies_to, simulator, user_writes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -152,6 +152,21 @@ def test_templates_are_checked_before_anything_reaches_meta(dev_host: RunningHos
     assert problem_code(invalid, 400)
     time.sleep(QUIET_SECONDS)
     assert templates_to(host, user) == ["welcome_message"]
+
+    # Meta pauses the template: its signed webhook reaches the catalogue, and sends stop.
+    paused = simulator(
+        host,
+        "POST",
+        "/simulator/templates/welcome_message/fr/status",
+        {"status": "PAUSED", "reason": "LOW_QUALITY"},
+    )
+    assert paused["webhook_scheduled"]
+    wait_for(
+        "the paused template in the catalogue",
+        lambda: ok(api(host, "GET", "templates?name=welcome_message&status=PAUSED"))["items"],
+    )
+    refused = api(host, "POST", "send-proactive-message", body=seed_call)
+    assert problem_code(refused, 422) == "template_not_approved"
 
 
 def test_handoff_release_and_close(dev_host: RunningHost) -> None:

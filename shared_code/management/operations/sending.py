@@ -7,6 +7,10 @@ a request (a retry after a timeout) returns the first answer and sends nothing m
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -16,6 +20,9 @@ from shared_code.management.api import Call, Reply
 from shared_code.management.auth import Access
 from shared_code.management.problems import InvalidRequest
 from shared_code.management.registry import MANAGEMENT_ROUTE_PREFIX, registry
+from shared_code.templates import TemplateCatalogueUnavailable
+
+logger = logging.getLogger(__name__)
 
 PREFIX = MANAGEMENT_ROUTE_PREFIX
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -106,7 +113,29 @@ class TemplatesQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     responses={200: send_commands.TemplateList},
 )
 async def list_templates(call: Call[Any, TemplatesQuery, None]) -> send_commands.TemplateList:
-    """From the cache kept by a timer and by Meta's template status webhooks."""
+    """From the cache kept by a timer and by Meta's template status webhooks; a cache older than
+    TEMPLATE_REFRESH_MINUTES (or never filled: a fresh start) is read from Meta first."""
+    await _refresh_if_due(call)
     return await send_commands.list_templates(
         call.services.templates, status=call.query.status, name=call.query.name
     )
+
+
+# A catalogue Meta cannot serve is not asked again on every call: the cached list is answered
+# meanwhile, its refreshed_at saying how old it is.
+_REFRESH_TIMEOUT_SECONDS = 5.0
+_RETRY_AFTER_FAILURE_SECONDS = 60.0
+_last_failed_refresh = float("-inf")
+
+
+async def _refresh_if_due(call: Call[Any, Any, Any]) -> None:
+    global _last_failed_refresh
+    if time.monotonic() - _last_failed_refresh < _RETRY_AFTER_FAILURE_SECONDS:
+        return
+    every = timedelta(minutes=call.services.settings.template_refresh_minutes)
+    try:
+        async with asyncio.timeout(_REFRESH_TIMEOUT_SECONDS):
+            await call.services.templates.refresh_if_due(every)
+    except (TemplateCatalogueUnavailable, TimeoutError) as error:
+        _last_failed_refresh = time.monotonic()
+        logger.warning("template catalogue not refreshed: %s", type(error).__name__)
