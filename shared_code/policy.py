@@ -382,31 +382,20 @@ class MessagingPolicy:
     ) -> GateDecision:
         if already:
             return GateDecision(ask_agent=False, reason="opt-out keyword, already opted out")
-        await consent.set_opted_out(conn, message.contact_id, True, source="keyword")
-        await audit.record(
-            conn,
-            actor=POLICY_ACTOR,
-            action="contact.opt_out",
-            target_type="contact",
-            target_id=message.contact_id,
-            details={"source": "keyword", "message_id": message.message_id},
-        )
-        row_id = await self._queue_text(
-            conn,
-            message,
-            self.settings.opt_out_confirmation,
-            key=f"optout:{message.wamid}",
-            purpose=Purpose.OPT_OUT_CONFIRMATION,
-        )
-        logger.info("contact %d opted out by keyword", message.contact_id)
-        return GateDecision(ask_agent=False, queued=(row_id,), reason="opt-out keyword")
+        return await self._change_consent(conn, message, opted_out=True)
 
     async def _opt_in(self, conn: Connection, message: InboundForRouting) -> GateDecision:
-        await consent.set_opted_out(conn, message.contact_id, False, source="keyword")
+        return await self._change_consent(conn, message, opted_out=False)
+
+    async def _change_consent(
+        self, conn: Connection, message: InboundForRouting, *, opted_out: bool
+    ) -> GateDecision:
+        """Opt the contact out (or back in) by keyword, audited, with one confirmation."""
+        await consent.set_opted_out(conn, message.contact_id, opted_out, source="keyword")
         await audit.record(
             conn,
             actor=POLICY_ACTOR,
-            action="contact.opt_in",
+            action="contact.opt_out" if opted_out else "contact.opt_in",
             target_type="contact",
             target_id=message.contact_id,
             details={"source": "keyword", "message_id": message.message_id},
@@ -414,12 +403,15 @@ class MessagingPolicy:
         row_id = await self._queue_text(
             conn,
             message,
-            self.settings.opt_in_confirmation,
-            key=f"optin:{message.wamid}",
-            purpose=Purpose.OPT_IN_CONFIRMATION,
+            self.settings.opt_out_confirmation if opted_out else self.settings.opt_in_confirmation,
+            key=f"{'optout' if opted_out else 'optin'}:{message.wamid}",
+            purpose=Purpose.OPT_OUT_CONFIRMATION if opted_out else Purpose.OPT_IN_CONFIRMATION,
         )
-        logger.info("contact %d opted back in by keyword", message.contact_id)
-        return GateDecision(ask_agent=False, queued=(row_id,), reason="opt-in keyword")
+        logger.info(
+            "contact %d opted %s by keyword", message.contact_id, "out" if opted_out else "back in"
+        )
+        reason = "opt-out keyword" if opted_out else "opt-in keyword"
+        return GateDecision(ask_agent=False, queued=(row_id,), reason=reason)
 
     async def _hand_off(
         self, conn: Connection, message: InboundForRouting, *, by: str, actor: str, notice: bool

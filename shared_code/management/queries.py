@@ -9,13 +9,14 @@ repeat what the client already has. The cursor carries the last id, signed (see 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
 from psycopg import sql
+from psycopg.rows import kwargs_row
 
 from shared_code.db.pool import Pool
 from shared_code.management.cursors import CursorSigner
@@ -51,6 +52,7 @@ Cursor = Annotated[
     ),
 ]
 DEFAULT_LIMIT = 50
+T = TypeVar("T")
 
 
 class PageQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -247,10 +249,34 @@ def _query_value(value: object) -> str:
     return str(value)
 
 
-def _where(conditions: list[sql.Composable]) -> sql.Composable:
-    if not conditions:
-        return sql.SQL("")
-    return sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions)
+class _Conditions:
+    """The WHERE clause of a page and its parameters, starting after the cursor's row."""
+
+    def __init__(self, pager: _Pager, id_column: str = "id") -> None:
+        self._parts: list[sql.Composable] = []
+        self.params: dict[str, object] = {"limit": pager.fetch}
+        if pager.after is not None:
+            self.add(f"{id_column} < %(after)s", after=pager.after)
+
+    def add(self, condition: str, **params: object) -> None:
+        self._parts.append(sql.SQL(condition))
+        self.params.update(params)
+
+    def where(self) -> sql.Composable:
+        return (
+            sql.SQL("WHERE ") + sql.SQL(" AND ").join(self._parts) if self._parts else sql.SQL("")
+        )
+
+
+async def _rows(
+    pool: Pool, statement: str, conditions: _Conditions, make: Callable[..., T]
+) -> list[T]:
+    """Run a page's SELECT; each row becomes ``make(**columns)``."""
+    query = sql.SQL(statement).format(where=conditions.where())
+    async with pool.connection() as conn:
+        cursor = conn.cursor(row_factory=kwargs_row(make))
+        await cursor.execute(query, conditions.params)
+        return await cursor.fetchall()
 
 
 def _like_fragment(text: str) -> str:
@@ -262,44 +288,25 @@ async def list_contacts(
     pool: Pool, signer: CursorSigner, query: ContactsQuery, path: str
 ) -> ContactPage:
     pager = _Pager(signer, "contacts", query, path)
-    conditions: list[sql.Composable] = []
-    params: dict[str, object] = {"limit": pager.fetch}
-    if pager.after is not None:
-        conditions.append(sql.SQL("id < %(after)s"))
-        params["after"] = pager.after
+    conditions = _Conditions(pager)
     if query.opted_out is not None:
-        conditions.append(sql.SQL("opted_out = %(opted_out)s"))
-        params["opted_out"] = query.opted_out
+        conditions.add("opted_out = %(opted_out)s", opted_out=query.opted_out)
     if query.search is not None:
         term = query.search.strip()
         digits = term.removeprefix("+").replace(" ", "")
         if digits.isdigit():
             # wa_id is the number's digits; a prefix is what a person types.
-            conditions.append(sql.SQL("wa_id LIKE %(prefix)s"))
-            params["prefix"] = digits + "%"
+            conditions.add('wa_id COLLATE "C" LIKE %(prefix)s', prefix=digits + "%")
         else:
-            conditions.append(sql.SQL("profile_name ILIKE %(fragment)s"))
-            params["fragment"] = _like_fragment(term)
-    statement = sql.SQL(
+            conditions.add("profile_name ILIKE %(fragment)s", fragment=_like_fragment(term))
+    rows = await _rows(
+        pool,
         "SELECT id, wa_id, profile_name, opted_out, opted_out_at, last_inbound_at, created_at, "
-        "updated_at FROM whatsapp_contacts {where} ORDER BY id DESC LIMIT %(limit)s"
-    ).format(where=_where(conditions))
-    async with pool.connection() as conn:
-        cursor = await conn.execute(statement, params)
-        rows = await cursor.fetchall()
-    page = [
-        ContactOut(
-            id=r[0],
-            wa_id=r[1],
-            profile_name=r[2],
-            opted_out=r[3],
-            opted_out_at=r[4],
-            last_inbound_at=r[5],
-            created_at=r[6],
-            updated_at=r[7],
-        )
-        for r in rows[: query.limit]
-    ]
+        "updated_at FROM whatsapp_contacts {where} ORDER BY id DESC LIMIT %(limit)s",
+        conditions,
+        ContactOut,
+    )
+    page = rows[: query.limit]
     return ContactPage(data=page, next=pager.next_link(rows, page[-1].id if page else 0))
 
 
@@ -307,56 +314,32 @@ async def list_conversations(
     pool: Pool, signer: CursorSigner, query: ConversationsQuery, path: str
 ) -> ConversationPage:
     pager = _Pager(signer, "conversations", query, path)
-    conditions: list[sql.Composable] = []
-    params: dict[str, object] = {"limit": pager.fetch}
-    if pager.after is not None:
-        conditions.append(sql.SQL("id < %(after)s"))
-        params["after"] = pager.after
-    for name, column in (
-        ("status", "status"),
-        ("agent", "assigned_agent"),
-        ("contact_id", "contact_id"),
-    ):
-        value = getattr(query, name)
-        if value is not None:
-            conditions.append(
-                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(name))
-            )
-            params[name] = value
+    conditions = _Conditions(pager)
+    if query.status is not None:
+        conditions.add("status = %(status)s", status=query.status)
+    if query.agent is not None:
+        conditions.add("assigned_agent = %(agent)s", agent=query.agent)
+    if query.contact_id is not None:
+        conditions.add("contact_id = %(contact_id)s", contact_id=query.contact_id)
     if query.updated_since is not None:
-        conditions.append(sql.SQL("updated_at >= %(updated_since)s"))
-        params["updated_since"] = query.updated_since
-    statement = sql.SQL(
+        conditions.add("updated_at >= %(updated_since)s", updated_since=query.updated_since)
+    rows = await _rows(
+        pool,
         "SELECT id, phone_number_id, contact_id, status, assigned_agent, last_message_at, "
         "last_inbound_at, created_at, updated_at, closed_at FROM whatsapp_conversations "
-        "{where} ORDER BY id DESC LIMIT %(limit)s"
-    ).format(where=_where(conditions))
-    async with pool.connection() as conn:
-        cursor = await conn.execute(statement, params)
-        rows = await cursor.fetchall()
-    page = [
-        ConversationOut(
-            id=r[0],
-            phone_number_id=r[1],
-            contact_id=r[2],
-            status=r[3],
-            assigned_agent=r[4],
-            last_message_at=r[5],
-            last_inbound_at=r[6],
-            created_at=r[7],
-            updated_at=r[8],
-            closed_at=r[9],
-        )
-        for r in rows[: query.limit]
-    ]
+        "{where} ORDER BY id DESC LIMIT %(limit)s",
+        conditions,
+        ConversationOut,
+    )
+    page = rows[: query.limit]
     return ConversationPage(data=page, next=pager.next_link(rows, page[-1].id if page else 0))
 
 
 _MESSAGES = """
-SELECT m.id, m.conversation_id, m.direction, m.wamid, m.message_type, m.text_body, m.status,
-       m.error_code, m.error_title, m.agent, m.whatsapp_timestamp, m.created_at, m.sent_at,
-       m.delivered_at, m.read_at, m.failed_at,
-       COALESCE(h.history, '[]'::jsonb)
+SELECT m.id, m.conversation_id, m.direction, m.wamid, m.message_type, m.text_body AS text,
+       m.status, m.error_code, m.error_title, m.agent, m.whatsapp_timestamp, m.created_at,
+       m.sent_at, m.delivered_at, m.read_at, m.failed_at,
+       COALESCE(h.history, '[]'::jsonb) AS status_history
 FROM whatsapp_messages m
 LEFT JOIN LATERAL (
     SELECT jsonb_agg(
@@ -372,57 +355,33 @@ ORDER BY m.id DESC
 LIMIT %(limit)s
 """
 
-_decode_history = msgspec.json.Decoder(list[StatusEntry]).decode
+_history = msgspec.json.Decoder(list[StatusEntry]).decode
 _encode = msgspec.json.Encoder().encode
+
+
+def _message(*, status_history: list[dict[str, Any]], **columns: Any) -> MessageOut:
+    return MessageOut(**columns, status_history=_history(_encode(status_history)))
 
 
 async def list_conversation_messages(
     pool: Pool, signer: CursorSigner, conversation_id: int, query: MessagesQuery, path: str
 ) -> MessagePage:
     pager = _Pager(signer, f"messages:{conversation_id}", query, path)
-    conditions: list[sql.Composable] = [sql.SQL("m.conversation_id = %(conversation_id)s")]
-    params: dict[str, object] = {"limit": pager.fetch, "conversation_id": conversation_id}
-    if pager.after is not None:
-        conditions.append(sql.SQL("m.id < %(after)s"))
-        params["after"] = pager.after
+    conditions = _Conditions(pager, id_column="m.id")
+    conditions.add("m.conversation_id = %(conversation_id)s", conversation_id=conversation_id)
     if query.direction is not None:
-        conditions.append(sql.SQL("m.direction = %(direction)s"))
-        params["direction"] = query.direction
+        conditions.add("m.direction = %(direction)s", direction=query.direction)
     if query.status is not None:
-        conditions.append(sql.SQL("m.status = %(status)s"))
-        params["status"] = query.status
-    statement = sql.SQL(_MESSAGES).format(where=_where(conditions))
-    async with pool.connection() as conn:
-        cursor = await conn.execute(statement, params)
-        rows = await cursor.fetchall()
-        if not rows and pager.after is None:
+        conditions.add("m.status = %(status)s", status=query.status)
+    rows = await _rows(pool, _MESSAGES, conditions, _message)
+    if not rows and pager.after is None:
+        async with pool.connection() as conn:
             found = await conn.execute(
                 "SELECT 1 FROM whatsapp_conversations WHERE id = %s", (conversation_id,)
             )
             if await found.fetchone() is None:
                 raise NotFound("no conversation with this id", code="conversation_not_found")
-    page = [
-        MessageOut(
-            id=r[0],
-            conversation_id=r[1],
-            direction=r[2],
-            wamid=r[3],
-            message_type=r[4],
-            text=r[5],
-            status=r[6],
-            error_code=r[7],
-            error_title=r[8],
-            agent=r[9],
-            whatsapp_timestamp=r[10],
-            created_at=r[11],
-            sent_at=r[12],
-            delivered_at=r[13],
-            read_at=r[14],
-            failed_at=r[15],
-            status_history=_decode_history(_encode(r[16])),
-        )
-        for r in rows[: query.limit]
-    ]
+    page = rows[: query.limit]
     return MessagePage(data=page, next=pager.next_link(rows, page[-1].id if page else 0))
 
 
@@ -436,47 +395,39 @@ async def list_webhook_events(
     ):
         raise InvalidRequest("received_from must be before received_to", code="invalid_range")
     pager = _Pager(signer, "webhook-events", query, path)
-    conditions: list[sql.Composable] = []
-    params: dict[str, object] = {"limit": pager.fetch}
-    if pager.after is not None:
-        conditions.append(sql.SQL("id < %(after)s"))
-        params["after"] = pager.after
+    conditions = _Conditions(pager)
     if query.status is not None:
-        conditions.append(sql.SQL("status = %(status)s"))
-        params["status"] = query.status
+        conditions.add("status = %(status)s", status=query.status)
     if query.received_from is not None:
-        conditions.append(sql.SQL("received_at >= %(received_from)s"))
-        params["received_from"] = query.received_from
+        conditions.add("received_at >= %(received_from)s", received_from=query.received_from)
     if query.received_to is not None:
-        conditions.append(sql.SQL("received_at < %(received_to)s"))
-        params["received_to"] = query.received_to
-    statement = sql.SQL(
+        conditions.add("received_at < %(received_to)s", received_to=query.received_to)
+
+    def event(*, body: bytes, fields: list[str], **columns: Any) -> WebhookEventOut:
+        return _webhook_event(bytes(body), list(fields), columns, raw=query.raw)
+
+    rows = await _rows(
+        pool,
         "SELECT id, received_at, status, reason, object, fields, event_count, duplicate_count, "
-        "body FROM whatsapp_webhook_events {where} ORDER BY id DESC LIMIT %(limit)s"
-    ).format(where=_where(conditions))
-    async with pool.connection() as conn:
-        cursor = await conn.execute(statement, params)
-        rows = await cursor.fetchall()
-    page = [_webhook_event(r, raw=query.raw) for r in rows[: query.limit]]
+        "body FROM whatsapp_webhook_events {where} ORDER BY id DESC LIMIT %(limit)s",
+        conditions,
+        event,
+    )
+    page = rows[: query.limit]
     return WebhookEventPage(data=page, next=pager.next_link(rows, page[-1].id if page else 0))
 
 
-def _webhook_event(row: Sequence[Any], *, raw: bool) -> WebhookEventOut:
-    body_bytes = bytes(row[8])
+def _webhook_event(
+    body: bytes, fields: list[str], columns: dict[str, Any], *, raw: bool
+) -> WebhookEventOut:
     try:
-        parsed: Any = msgspec.json.decode(body_bytes)
+        parsed: Any = msgspec.json.decode(body)
     except msgspec.DecodeError:
         parsed = None
     return WebhookEventOut(
-        id=row[0],
-        received_at=row[1],
-        status=row[2],
-        reason=row[3],
-        object=row[4],
-        fields=list(row[5]),
-        event_count=row[6],
-        duplicate_count=row[7],
+        **columns,
+        fields=fields,
         redacted=not raw,
         body=parsed if raw else (None if parsed is None else redact_webhook_body(parsed)),
-        body_base64=base64.b64encode(body_bytes).decode() if raw else None,
+        body_base64=base64.b64encode(body).decode() if raw else None,
     )
