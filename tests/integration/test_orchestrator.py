@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from shared_code.bus.local_queue import LocalQueue
-from shared_code.db import conversations
 from shared_code.db.pool import Pool
 from shared_code.orchestrator.agent_routing import parse_routing_rules
 from shared_code.orchestrator.agents import (
@@ -26,6 +25,7 @@ from shared_code.orchestrator.orchestrator import Orchestrator
 from shared_code.routing import InboundForRouting
 from shared_code.secrets import Secret
 from shared_code.whatsapp.graph_client import GraphApiClient
+from tests.integration.inbound import store_text
 
 pytestmark = pytest.mark.integration
 
@@ -63,32 +63,9 @@ async def read_receipts() -> AsyncIterator[tuple[list[dict[str, object]], GraphA
 
 
 async def store(pool: Pool, wamid: str, text: str, minutes_ago: int) -> InboundForRouting:
-    async with pool.connection() as conn:
-        stored = await conversations.store_inbound(
-            conn,
-            conversations.InboundMessageRow(
-                wamid=wamid,
-                phone_number_id=PHONE_NUMBER_ID,
-                contact_wa_id=USER,
-                profile_name="Ana",
-                message_type="text",
-                text_body=text,
-                content={},
-                context_wamid=None,
-                whatsapp_timestamp=datetime.now(UTC) - timedelta(minutes=minutes_ago),
-            ),
-        )
-    assert stored is not None
-    return InboundForRouting(
-        message_id=stored.message_id,
-        conversation_id=stored.conversation_id,
-        contact_id=stored.contact_id,
-        wamid=wamid,
-        phone_number_id=PHONE_NUMBER_ID,
-        contact_wa_id=USER,
-        message_type="text",
-        text=text,
-        reply_id=None,
+    written_at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return await store_text(
+        pool, wamid, text, user=USER, written_at=written_at, first_routing=False
     )
 
 

@@ -19,7 +19,6 @@ import pytest
 
 from shared_code.agent_configs import AgentConfigInput
 from shared_code.bus.local_queue import LocalQueue
-from shared_code.db import conversations
 from shared_code.db.pool import Pool, open_pool
 from shared_code.management.agents import create_agent, replace_agent
 from shared_code.orchestrator.agent_catalog import AgentCatalog
@@ -28,6 +27,7 @@ from shared_code.orchestrator.orchestrator import Orchestrator
 from shared_code.routing import InboundForRouting
 from shared_code.secrets import Secret
 from shared_code.whatsapp.graph_client import GraphApiClient
+from tests.integration.inbound import store_text
 
 pytestmark = pytest.mark.integration
 
@@ -122,34 +122,7 @@ async def instance(pool: Pool, local_queue: LocalQueue, http: httpx.AsyncClient)
 async def store(
     pool: Pool, wamid: str, text: str, written_at: datetime | None = None, user: str = USER
 ) -> InboundForRouting:
-    async with pool.connection() as conn:
-        stored = await conversations.store_inbound(
-            conn,
-            conversations.InboundMessageRow(
-                wamid=wamid,
-                phone_number_id=PHONE_NUMBER_ID,
-                contact_wa_id=user,
-                profile_name=None,
-                message_type="text",
-                text_body=text,
-                content={},
-                context_wamid=None,
-                whatsapp_timestamp=written_at or datetime.now(UTC),
-            ),
-        )
-    assert stored is not None
-    return InboundForRouting(
-        message_id=stored.message_id,
-        conversation_id=stored.conversation_id,
-        contact_id=stored.contact_id,
-        wamid=wamid,
-        phone_number_id=PHONE_NUMBER_ID,
-        contact_wa_id=user,
-        message_type="text",
-        text=text,
-        reply_id=None,
-        first_routing=True,
-    )
+    return await store_text(pool, wamid, text, user=user, written_at=written_at, profile_name=None)
 
 
 async def outbound_rows(pool: Pool) -> list[tuple[Any, ...]]:

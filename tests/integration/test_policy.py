@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from shared_code.bus.local_queue import LocalQueue
-from shared_code.db import conversations, outbound
+from shared_code.db import outbound
 from shared_code.db.pool import Pool
 from shared_code.management.problems import Conflict, NotFound, Unprocessable
 from shared_code.orchestrator.agents import (
@@ -44,6 +44,7 @@ from shared_code.secrets import Secret
 from shared_code.sending import OutboundSender, SendOutcome
 from shared_code.webhook_intake import bus_messages_for, split_body
 from shared_code.whatsapp.graph_client import GraphApiClient
+from tests.integration.inbound import store_text
 from tests.unit.test_policy import user_preferences_webhook
 
 pytestmark = pytest.mark.integration
@@ -138,34 +139,8 @@ def make_sender(
 async def store(
     pool: Pool, wamid: str, text: str, *, hours_ago: float = 0, user: str = USER
 ) -> InboundForRouting:
-    async with pool.connection() as conn:
-        stored = await conversations.store_inbound(
-            conn,
-            conversations.InboundMessageRow(
-                wamid=wamid,
-                phone_number_id=PHONE_NUMBER_ID,
-                contact_wa_id=user,
-                profile_name="Ana",
-                message_type="text",
-                text_body=text,
-                content={},
-                context_wamid=None,
-                whatsapp_timestamp=datetime.now(UTC) - timedelta(hours=hours_ago),
-            ),
-        )
-    assert stored is not None
-    return InboundForRouting(
-        message_id=stored.message_id,
-        conversation_id=stored.conversation_id,
-        contact_id=stored.contact_id,
-        wamid=wamid,
-        phone_number_id=PHONE_NUMBER_ID,
-        contact_wa_id=user,
-        message_type="text",
-        text=text,
-        reply_id=None,
-        first_routing=True,
-    )
+    written_at = datetime.now(UTC) - timedelta(hours=hours_ago)
+    return await store_text(pool, wamid, text, user=user, written_at=written_at)
 
 
 async def fetch(pool: Pool, sql: str, *args: object) -> list[tuple[Any, ...]]:
