@@ -139,8 +139,8 @@ async def delete_agent(conn: Connection, key: str | int, *, actor: str) -> None:
 
 
 async def _find(conn: Connection, key: str | int, *, lock: bool) -> AgentConfig | None:
-    if isinstance(key, int) or key.isdigit():
-        # Names start with a letter, so digits are always an id.
+    if isinstance(key, int) or (key.isascii() and key.isdigit()):
+        # Names start with a letter, so digits are always an id ("²" is a digit to isdigit()).
         return await rows.fetch(conn, agent_id=int(key), lock=lock)
     return await rows.fetch(conn, name=key, lock=lock)
 

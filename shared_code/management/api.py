@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -223,15 +223,29 @@ def _convert(data: Mapping[str, str], model: type[msgspec.Struct], where: str) -
             )
         # ... and reads a number as a Unix time, and a time without offset in the server's zone:
         # a time is RFC 3339 with its offset, as documented.
-        if isinstance(value, datetime) and (
-            value.tzinfo is None or _is_number(data[spec.encode_name])
-        ):
+        if not isinstance(value, datetime):
+            continue
+        if value.tzinfo is None or _is_number(data[spec.encode_name]):
             raise InvalidRequest(
                 f"{where}: `{spec.encode_name}` must be an RFC 3339 date-time with an offset, "
                 "e.g. 2026-01-31T12:00:00Z",
                 code="invalid_parameter",
             )
+        if not _has_utc_time(value):
+            raise InvalidRequest(
+                f"{where}: `{spec.encode_name}` is outside the years 1 to 9999 in UTC",
+                code="time_out_of_range",
+            )
     return converted
+
+
+def _has_utc_time(value: datetime) -> bool:
+    """False for a time whose offset takes it out of datetime's years 1-9999 in UTC."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 def _is_number(text: str) -> bool:
