@@ -52,7 +52,7 @@ from shared_code.management.queries import (
 
 PAGE = 50
 DEEP_PAGE = 51  # the page reached after 50 "next" links
-NAME_SEARCHES = ("silva", "anna", "anna kim", "mohamed okafor", "zzyzx")
+NAME_SEARCHES = ("silva", "anna", "anna kim", "mohamed okafor", "zzyzx", "ann", "mohamed oka")
 PHONE_SEARCHES = ("33", "4412", "551234", "9199999")
 API_PREFIX = "/api/v1/whatsapp"
 

@@ -272,40 +272,137 @@ async def _rows(
     pool: Pool, statement: str, conditions: _Conditions, make: Callable[..., T]
 ) -> list[T]:
     """Run a page's SELECT; each row becomes ``make(**columns)``."""
-    query = sql.SQL(statement).format(where=conditions.where())
+    query = sql.SQL(statement).format(where=conditions.where(), columns=_CONTACT_COLUMNS)
     async with pool.connection() as conn:
         cursor = conn.cursor(row_factory=kwargs_row(make))
         await cursor.execute(query, conditions.params)
         return await cursor.fetchall()
 
 
-def _like_fragment(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+_CONTACT_COLUMNS = sql.SQL(
+    "c.id, c.wa_id, c.profile_name, c.opted_out, c.opted_out_at, c.last_inbound_at, "
+    "c.created_at, c.updated_at"
+)
+# A last word that starts more distinct words than this is matched as a whole word only.
+MAX_PREFIX_WORDS = 20
+
+# The search's words (split as names are, see 0010_analytics.sql), and the words of names that
+# start with its last word: a loose index scan over whatsapp_contact_name_words, stopped past
+# MAX_PREFIX_WORDS.
+_SEARCH_WORDS = """
+WITH RECURSIVE search AS (
+    SELECT words, words[cardinality(words)] AS last FROM whatsapp_name_words(%(term)s) AS words
+), expansion(word, n) AS (
+    SELECT (SELECT w.word FROM whatsapp_contact_name_words w
+            WHERE w.word >= s.last ORDER BY w.word LIMIT 1), 1
+    FROM search s WHERE s.last IS NOT NULL
+    UNION ALL
+    SELECT (SELECT w.word FROM whatsapp_contact_name_words w
+            WHERE w.word > e.word ORDER BY w.word LIMIT 1), e.n + 1
+    FROM expansion e, search s
+    WHERE starts_with(e.word, s.last) AND e.n <= %(max_words)s
+)
+SELECT s.words, array(SELECT e.word FROM expansion e WHERE starts_with(e.word, s.last))
+FROM search s
+"""
+
+
+async def _name_search_words(pool: Pool, term: str) -> tuple[list[str], list[str]]:
+    """The search's whole words but the last, and the words its last word may be."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(_SEARCH_WORDS, {"term": term, "max_words": MAX_PREFIX_WORDS})
+        found = await cursor.fetchone()
+    words, expansions = (found[0], found[1]) if found else ([], [])
+    if not words:
+        return [], []
+    last = words[-1]
+    if not expansions or len(expansions) > MAX_PREFIX_WORDS:
+        expansions = [last]
+    return words[:-1], expansions
+
+
+def _name_match(whole: list[str], last: str, index: int, conditions: _Conditions) -> sql.Composable:
+    """Contact ids whose name has every word of ``whole`` and ``last``, newest first: one merge
+    of backward (word, contact_id) ranges, which stops once a page is found."""
+    tables: list[sql.Composable] = [sql.SQL("whatsapp_contact_name_words w0")]
+    where: list[sql.Composable] = [sql.SQL("w0.word = {}").format(sql.Placeholder(f"last{index}"))]
+    conditions.params[f"last{index}"] = last
+    for position, word in enumerate(whole, start=1):
+        alias = sql.Identifier(f"w{position}")
+        name = f"word{position}"
+        tables.append(
+            sql.SQL(
+                "JOIN whatsapp_contact_name_words {a} ON {a}.contact_id = w0.contact_id "
+                "AND {a}.word = {p}"
+            ).format(a=alias, p=sql.Placeholder(name))
+        )
+        conditions.params[name] = word
+    if "after" in conditions.params:
+        where.append(sql.SQL("w0.contact_id < %(after)s"))
+    if "opted_out" in conditions.params:
+        tables.append(
+            sql.SQL(
+                "JOIN whatsapp_contacts o ON o.id = w0.contact_id AND o.opted_out = %(opted_out)s"
+            )
+        )
+    return sql.SQL(
+        "(SELECT w0.contact_id FROM {tables} WHERE {where} ORDER BY w0.contact_id DESC)"
+    ).format(tables=sql.SQL(" ").join(tables), where=sql.SQL(" AND ").join(where))
+
+
+async def _search_by_name(
+    pool: Pool, pager: _Pager, query: ContactsQuery, term: str
+) -> list[ContactOut]:
+    whole, alternatives = await _name_search_words(pool, term)
+    if not alternatives:
+        return []
+    conditions = _Conditions(pager)
+    if query.opted_out is not None:
+        conditions.params["opted_out"] = query.opted_out
+    # A name with two words that start alike ("Anna Annette") comes from two branches: read
+    # twice the page and keep each contact once.
+    conditions.params["limit"] = 2 * pager.fetch
+    branches = [
+        _name_match(whole, last, index, conditions) for index, last in enumerate(alternatives)
+    ]
+    statement = sql.SQL(
+        "SELECT {columns} FROM (SELECT contact_id FROM ({branches}) branch "
+        "ORDER BY contact_id DESC LIMIT %(limit)s) hit "
+        "JOIN whatsapp_contacts c ON c.id = hit.contact_id ORDER BY c.id DESC"
+    ).format(columns=_CONTACT_COLUMNS, branches=sql.SQL(" UNION ALL ").join(branches))
+    async with pool.connection() as conn:
+        cursor = conn.cursor(row_factory=kwargs_row(ContactOut))
+        await cursor.execute(statement, conditions.params)
+        rows = await cursor.fetchall()
+    unique: dict[int, ContactOut] = {}
+    for row in rows:
+        unique.setdefault(row.id, row)
+    return list(unique.values())[: pager.fetch]
 
 
 async def list_contacts(
     pool: Pool, signer: CursorSigner, query: ContactsQuery, path: str
 ) -> ContactPage:
+    """Contacts newest first. ``search``: digits are the start of a phone number; otherwise
+    every word must be a word of the name, and the last one may be the start of a word."""
     pager = _Pager(signer, "contacts", query, path)
-    conditions = _Conditions(pager)
-    if query.opted_out is not None:
-        conditions.add("opted_out = %(opted_out)s", opted_out=query.opted_out)
-    if query.search is not None:
-        term = query.search.strip()
-        digits = term.removeprefix("+").replace(" ", "")
-        if digits.isdigit():
+    term = (query.search or "").strip()
+    digits = term.removeprefix("+").replace(" ", "")
+    if query.search is not None and not digits.isdigit():
+        rows = await _search_by_name(pool, pager, query, term)
+    else:
+        conditions = _Conditions(pager, id_column="c.id")
+        if query.opted_out is not None:
+            conditions.add("c.opted_out = %(opted_out)s", opted_out=query.opted_out)
+        if query.search is not None:
             # wa_id is the number's digits; a prefix is what a person types.
-            conditions.add('wa_id COLLATE "C" LIKE %(prefix)s', prefix=digits + "%")
-        else:
-            conditions.add("profile_name ILIKE %(fragment)s", fragment=_like_fragment(term))
-    rows = await _rows(
-        pool,
-        "SELECT id, wa_id, profile_name, opted_out, opted_out_at, last_inbound_at, created_at, "
-        "updated_at FROM whatsapp_contacts {where} ORDER BY id DESC LIMIT %(limit)s",
-        conditions,
-        ContactOut,
-    )
+            conditions.add('c.wa_id COLLATE "C" LIKE %(prefix)s', prefix=digits + "%")
+        rows = await _rows(
+            pool,
+            "SELECT {columns} FROM whatsapp_contacts c {where} ORDER BY c.id DESC LIMIT %(limit)s",
+            conditions,
+            ContactOut,
+        )
     page = rows[: query.limit]
     return ContactPage(data=page, next=pager.next_link(rows, page[-1].id if page else 0))
 

@@ -12,7 +12,7 @@ import pytest
 
 from shared_code.db import conversations
 from shared_code.db.pool import Pool
-from shared_code.management import queries
+from shared_code.management import erasure, queries
 from shared_code.management.cursors import CursorSigner
 from shared_code.management.problems import InvalidRequest, NotFound
 from shared_code.management.redaction import REDACTED
@@ -273,3 +273,72 @@ async def test_webhook_events_by_time_range(pool: Pool) -> None:
         await queries.list_webhook_events(
             pool, SIGNER, queries.WebhookEventsQuery(received_from=now, received_to=now), "/x"
         )
+
+
+async def test_a_name_search_matches_whole_words_in_any_order_and_the_last_as_a_start(
+    pool: Pool,
+) -> None:
+    await store_message(pool, "15550010001", "wamid.n1", name="Mohamed Okafor")
+    await store_message(pool, "15550010002", "wamid.n2", name="Okafor Anna-Maria")
+    await store_message(pool, "15550010003", "wamid.n3", name="Anna Kim")
+    await store_message(pool, "15550010004", "wamid.n4", name="ANNETTE okonkwo")
+    path = "/api/v1/whatsapp/contacts"
+
+    async def found(search: str) -> list[str]:
+        query = queries.ContactsQuery(search=search)
+        return [c.wa_id for c in (await queries.list_contacts(pool, SIGNER, query, path)).data]
+
+    assert await found("okafor mohamed") == ["15550010001"]
+    assert await found("Okafor") == ["15550010002", "15550010001"]
+    assert await found("oka") == ["15550010002", "15550010001"]
+    assert await found("ok") == ["15550010004", "15550010002", "15550010001"]
+    assert await found("anna ok") == ["15550010002"]
+    # Only the last word may be the start of a word.
+    assert await found("ann kim") == []
+    assert await found("ann") == ["15550010004", "15550010003", "15550010002"]
+    assert await found("maria okafor") == ["15550010002"]
+    assert await found("!!!") == []
+    # A renamed contact is found by the new name only; an erased one not at all.
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE whatsapp_contacts SET profile_name = 'Anna Lee' WHERE wa_id = '15550010003'"
+        )
+    assert await found("kim") == []
+    assert await found("lee") == ["15550010003"]
+    erased = await queries.list_contacts(pool, SIGNER, queries.ContactsQuery(search="lee"), "/x")
+    await erasure.erase_contact(pool, erased.data[0].id, "key:test")
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT count(*) FROM whatsapp_contact_name_words")
+        assert await cursor.fetchone() == (7,)  # the three names left
+    assert await found("lee") == []
+
+
+async def test_a_name_search_pages_and_filters_like_the_list(pool: Pool) -> None:
+    for n in range(12):
+        await store_message(pool, f"155500200{n:02d}", f"wamid.p{n}", name=f"Ana Silva{n}")
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE whatsapp_contacts SET opted_out = true WHERE wa_id IN "
+            "('15550020003', '15550020007')"
+        )
+    seen: list[str] = []
+    query = queries.ContactsQuery(search="ana silv", limit=5, opted_out=False)
+    while True:
+        page = await queries.list_contacts(pool, SIGNER, query, "/x")
+        seen += [c.wa_id for c in page.data]
+        if page.next is None:
+            break
+        query = queries.ContactsQuery(
+            search="ana silv", limit=5, opted_out=False, cursor=cursor_of(page.next)
+        )
+    expected = [f"155500200{n:02d}" for n in reversed(range(12)) if n not in (3, 7)]
+    assert seen == expected
+
+
+async def test_a_last_word_that_starts_too_many_words_matches_only_itself(pool: Pool) -> None:
+    for n in range(queries.MAX_PREFIX_WORDS + 1):
+        await store_message(pool, f"155500300{n:02d}", f"wamid.q{n}", name=f"Zed{n:02d}")
+    await store_message(pool, "15550030099", "wamid.q99", name="Zed")
+    query = queries.ContactsQuery(search="zed")
+    page = await queries.list_contacts(pool, SIGNER, query, "/x")
+    assert [c.wa_id for c in page.data] == ["15550030099"]

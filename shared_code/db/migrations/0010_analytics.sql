@@ -21,23 +21,51 @@ CREATE INDEX whatsapp_contacts_opted_out_at_idx ON whatsapp_contacts (opted_out_
     WHERE opted_out_at IS NOT NULL;
 CREATE INDEX whatsapp_contacts_opted_out_idx ON whatsapp_contacts (id) WHERE opted_out;
 
--- GET contacts?search=: queries.list_contacts reads "wa_id LIKE '<digits>%'" and
--- "profile_name ILIKE '%<text>%'", newest id first. A "C"-collation index makes the LIKE prefix
--- an index range in any database locale (the unique index on wa_id uses the default collation).
+-- GET contacts?search=<digits>: "wa_id COLLATE "C" LIKE '<digits>%'", newest id first. A "C"
+-- collation index makes the prefix an index range in any database locale (the unique index on
+-- wa_id uses the database's default collation).
 CREATE INDEX whatsapp_contacts_wa_id_prefix_idx ON whatsapp_contacts ((wa_id COLLATE "C"), id);
--- A substring of the name needs trigrams (pg_trgm, a trusted extension: any user who may create
--- in the database can add it). On Azure Database for PostgreSQL it must first be allow-listed
--- (server parameter azure.extensions = PG_TRGM); where it cannot be created the bridge still
--- starts, and a name search scans the contacts (0.2 s at 1 M contacts for a name no one has).
-DO $$
+
+-- GET contacts?search=<name>: every word of the search is a word of the name (the last one may
+-- be the start of a word), newest contact first. Each word of each name is a row here, kept by
+-- the triggers below, so a search is a merge of (word, contact_id) ranges read backwards: it
+-- stops after one page however many contacts share a first name (0.5 ms for a full name shared
+-- by 800 of 1 M contacts, where a trigram index took 20 ms to fetch and sort all 800). Erasing a
+-- contact erases its words (ON DELETE CASCADE).
+CREATE TABLE whatsapp_contact_name_words (
+    word       text   COLLATE "C" NOT NULL,
+    contact_id bigint NOT NULL REFERENCES whatsapp_contacts (id) ON DELETE CASCADE,
+    PRIMARY KEY (word, contact_id)
+);
+CREATE INDEX whatsapp_contact_name_words_contact_idx ON whatsapp_contact_name_words (contact_id);
+
+-- The words of a name, in order: lower case, split at anything that is not a letter or digit,
+-- each at most 100 characters. Searches split their text with the same function.
+CREATE FUNCTION whatsapp_name_words(name text) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(array_agg(left(word, 100) ORDER BY position), '{}')
+    FROM regexp_split_to_table(lower(coalesce(name, '')), '\W+') WITH ORDINALITY AS t(word, position)
+    WHERE word <> ''
+$$;
+
+CREATE FUNCTION whatsapp_contacts_index_name() RETURNS trigger
+LANGUAGE plpgsql AS $$
 BEGIN
-    CREATE EXTENSION IF NOT EXISTS pg_trgm;
-    CREATE INDEX whatsapp_contacts_name_trgm_idx
-        ON whatsapp_contacts USING gin (profile_name gin_trgm_ops);
-EXCEPTION WHEN OTHERS THEN
-    RAISE WARNING 'pg_trgm is not available (%): contact name search will scan the table', SQLERRM;
+    IF TG_OP = 'UPDATE' THEN
+        DELETE FROM whatsapp_contact_name_words WHERE contact_id = NEW.id;
+    END IF;
+    INSERT INTO whatsapp_contact_name_words (word, contact_id)
+    SELECT DISTINCT word, NEW.id FROM unnest(whatsapp_name_words(NEW.profile_name)) AS word;
+    RETURN NULL;
 END
 $$;
+CREATE TRIGGER whatsapp_contacts_name_words_insert AFTER INSERT ON whatsapp_contacts
+    FOR EACH ROW WHEN (NEW.profile_name IS NOT NULL)
+    EXECUTE FUNCTION whatsapp_contacts_index_name();
+-- Every inbound message upserts its contact: only a name that really changed costs anything.
+CREATE TRIGGER whatsapp_contacts_name_words_update AFTER UPDATE OF profile_name ON whatsapp_contacts
+    FOR EACH ROW WHEN (OLD.profile_name IS DISTINCT FROM NEW.profile_name)
+    EXECUTE FUNCTION whatsapp_contacts_index_name();
 
 -- GET conversations?status= and ?agent=, newest id first ("handoff" is rare: without an index
 -- a page of it would read most of the table). ?updated_since= ranges over updated_at.
