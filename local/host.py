@@ -928,5 +928,13 @@ def _banner(
         ]
     else:
         lines += ["", f"Graph API: {os.environ.get('WHATSAPP_GRAPH_BASE_URL')} (no simulator)"]
+    if "MANAGEMENT_API_READ_KEYS" in local_settings.applied_defaults:
+        read_key = local_settings.applied_defaults["MANAGEMENT_API_READ_KEYS"]
+        lines += [
+            "",
+            f"Management API (OpenAPI: {host.url}/api/v1/whatsapp/openapi.json):",
+            f"  curl -s {host.url}/api/v1/whatsapp/conversations "
+            f"-H 'Authorization: Bearer {read_key}'",
+        ]
     lines += ["", f"Listening on {host.url} — Ctrl-C to stop", "", ""]
     return "\n".join(lines)
