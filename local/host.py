@@ -398,7 +398,12 @@ class LocalHost:
         limits = _within_descriptor_limit(self._http_limits)
         self._guard = ConnectionGuard(limits)
         config = uvicorn.Config(
-            HttpAdapter(self._router, self._invoker, max_body_bytes=limits.max_body_bytes),
+            HttpAdapter(
+                self._router,
+                self._invoker,
+                max_body_bytes=limits.max_body_bytes,
+                run_now={timer.spec.name: timer.run_now for timer in self._timers},
+            ),
             host=self._host,
             port=self._port,
             loop="none",

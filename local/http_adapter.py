@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -43,6 +43,7 @@ _SKIPPED_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
 _LONG_NUMBER: Final = re.compile(r"\d{7,}")
 _HOST_STATUS_PATH: Final = "/admin/host/status"
 _HOST_STATUS_BODY: Final = b'{"id":"local","state":"Running"}'
+_ADMIN_FUNCTIONS_PATH: Final = "/admin/functions/"
 
 
 def redact_path(path: str) -> str:
@@ -68,10 +69,13 @@ class HttpAdapter:
         invoker: Invoker,
         *,
         max_body_bytes: int = MAX_BODY_BYTES,
+        run_now: Mapping[str, Callable[[], None]] | None = None,
     ) -> None:
         self._router = router
         self._invoker = invoker
         self._max_body = max_body_bytes
+        # Non-HTTP functions by name, run by POST /admin/functions/{name} as under `func start`.
+        self._run_now = dict(run_now or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,6 +111,12 @@ class HttpAdapter:
         elif path == _HOST_STATUS_PATH and method == "GET":
             status = 200
             await _respond(send, 200, _HOST_STATUS_BODY, b"application/json")
+        elif path.startswith(_ADMIN_FUNCTIONS_PATH) and method == "POST":
+            run = self._run_now.get(path.removeprefix(_ADMIN_FUNCTIONS_PATH))
+            status = 404 if run is None else 202
+            if run is not None:
+                run()
+            await _respond(send, status, b"" if run else b"Not Found", _TEXT)
         else:
             status = 404
             await _respond(send, 404, b"Not Found", _TEXT)

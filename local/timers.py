@@ -143,6 +143,8 @@ class TimerTrigger:
         self._task: asyncio.Task[None] | None = None
         self._running = False
         self._stopping = False
+        self._lock = asyncio.Lock()
+        self._manual_runs: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"timer-{self.spec.name}")
@@ -150,6 +152,8 @@ class TimerTrigger:
     async def stop(self, deadline: float) -> None:
         """Cancel the wait; a run in progress may finish until ``deadline`` (loop time)."""
         self._stopping = True
+        for manual in self._manual_runs:
+            manual.cancel()
         task = self._task
         if task is None or task.done():
             return
@@ -163,6 +167,15 @@ class TimerTrigger:
             task.cancel()
             await asyncio.wait(pending)
 
+    def run_now(self) -> None:
+        """Run once now, as the Functions host's ``POST /admin/functions/{name}`` does; queued
+        behind a run in progress (a timer function never runs twice at once)."""
+        self._manual_runs.append(asyncio.create_task(self._run_manually()))
+
+    async def _run_manually(self) -> None:
+        async with self._lock:
+            await self._run(datetime.now(UTC), None, past_due=False)
+
     async def _loop(self) -> None:
         last: datetime | None = None
         if self.run_on_startup:
@@ -171,7 +184,8 @@ class TimerTrigger:
             due = self.schedule.next_after(datetime.now(UTC))
             await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
             late = datetime.now(UTC) - due
-            last = await self._run(due, last, past_due=late > _PAST_DUE_AFTER)
+            async with self._lock:
+                last = await self._run(due, last, past_due=late > _PAST_DUE_AFTER)
 
     async def _run(self, due: datetime, last: datetime | None, *, past_due: bool) -> datetime:
         request = TimerRequest(

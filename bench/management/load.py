@@ -40,6 +40,8 @@ _LAST_NAMES = (  # noqa: SIM905
 _ERRORS = ((131026, 40), (131047, 25), (131049, 15), (131000, 10), (132001, 5), (131050, 5))
 _TABLES = (
     "whatsapp_contacts",
+    # Filled by a trigger as the contacts are copied in.
+    "whatsapp_contact_name_words",
     "whatsapp_conversations",
     "whatsapp_messages",
     "whatsapp_message_statuses",
