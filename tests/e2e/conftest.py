@@ -47,6 +47,64 @@ HostFactory = Callable[..., RunningHost]
 _SIMULATOR_LINE = re.compile(r"WhatsApp Cloud API simulator: (http://\S+)")
 
 
+def launch_dev_host(
+    database_url: str, log_path: Path, **settings: str
+) -> tuple[subprocess.Popen[bytes], RunningHost]:
+    """``python -m local`` with its simulator on a free port, once it listens; raises
+    :class:`DevHostFailed` (with its log) if it exits or does not start within 60 s."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "WHATSAPP_APP_SECRET": APP_SECRET,
+        "WHATSAPP_WEBHOOK_VERIFY_TOKEN": VERIFY_TOKEN,
+        "PYTHONUNBUFFERED": "1",
+        **settings,
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "local", "--port", str(port), "--simulator-port", "0"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    host = RunningHost(f"http://127.0.0.1:{port}", database_url, log_path)
+    deadline = time.monotonic() + 60
+    while "Listening on" not in host.log():
+        if process.poll() is not None:
+            raise DevHostFailed(f"dev host exited with {process.returncode}:\n{host.log()}")
+        if time.monotonic() > deadline:
+            stop_dev_host(process, host, check=False)
+            raise DevHostFailed(f"dev host did not start:\n{host.log()}")
+        time.sleep(0.1)
+    httpx.get(host.webhook_url, timeout=5)
+    found = _SIMULATOR_LINE.search(host.log())
+    return process, RunningHost(
+        host.base_url, database_url, log_path, found.group(1) if found else None
+    )
+
+
+def stop_dev_host(
+    process: subprocess.Popen[bytes], host: RunningHost, *, check: bool = True
+) -> None:
+    """SIGTERM, then (with ``check``) a clean exit and no personal data in its log."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if check:
+        assert process.returncode == 0, f"dev host did not stop cleanly:\n{host.log()}"
+        leaks = host_log_leaks(host.log())
+        assert not leaks, f"the dev host's log holds personal data: {leaks[:5]}"
+
+
+class DevHostFailed(RuntimeError):
+    """The dev host exited or did not start; the message holds its log."""
+
+
 @pytest.fixture
 def start_dev_host(database_url: str, tmp_path: Path) -> Iterator[HostFactory]:
     """Starts ``python -m local`` subprocesses with extra settings; all stopped (and checked for
@@ -54,39 +112,12 @@ def start_dev_host(database_url: str, tmp_path: Path) -> Iterator[HostFactory]:
     running: list[tuple[subprocess.Popen[bytes], RunningHost]] = []
 
     def start(**settings: str) -> RunningHost:
-        port = free_port()
         log_path = tmp_path / f"host-{len(running)}.log"
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "WHATSAPP_APP_SECRET": APP_SECRET,
-            "WHATSAPP_WEBHOOK_VERIFY_TOKEN": VERIFY_TOKEN,
-            "PYTHONUNBUFFERED": "1",
-            **settings,
-        }
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "local", "--port", str(port), "--simulator-port", "0"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        host = RunningHost(f"http://127.0.0.1:{port}", database_url, log_path)
+        try:
+            process, host = launch_dev_host(database_url, log_path, **settings)
+        except DevHostFailed as error:
+            pytest.fail(str(error))
         running.append((process, host))
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"dev host exited with {process.returncode}:\n{host.log()}")
-            if "Listening on" in host.log():
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"dev host did not start:\n{host.log()}")
-            time.sleep(0.1)
-        httpx.get(host.webhook_url, timeout=5)
-        found = _SIMULATOR_LINE.search(host.log())
-        host = RunningHost(host.base_url, database_url, log_path, found.group(1) if found else None)
-        running[-1] = (process, host)
         return host
 
     try:
@@ -95,15 +126,7 @@ def start_dev_host(database_url: str, tmp_path: Path) -> Iterator[HostFactory]:
         for process, _ in running:
             process.terminate()
         for process, host in running:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            assert process.returncode == 0, f"dev host did not stop cleanly:\n{host.log()}"
-        for _, host in running:
-            leaks = host_log_leaks(host.log())
-            assert not leaks, f"the dev host's log holds personal data: {leaks[:5]}"
+            stop_dev_host(process, host)
 
 
 def host_log_leaks(log: str) -> list[str]:
