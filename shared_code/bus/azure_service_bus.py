@@ -17,14 +17,14 @@ from datetime import UTC
 from typing import Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.aio.management import ServiceBusAdministrationClient
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from shared_code.bus.port import OutgoingMessage, PublishError, QueueDepth
+from shared_code.bus.port import OutgoingMessage, PublishError, QueueDepth, QueueDepthsForbidden
 from shared_code.log_privacy import pseudonym
 
 __all__ = ["AzureServiceBus"]
@@ -174,9 +174,14 @@ class AzureServiceBus:
         administration = self._administration
         if administration is None:
             raise RuntimeError("this publisher was built without a Service Bus management client")
-        properties = await asyncio.gather(
-            *(administration.get_queue_runtime_properties(queue) for queue in queues)
-        )
+        try:
+            properties = await asyncio.gather(
+                *(administration.get_queue_runtime_properties(queue) for queue in queues)
+            )
+        except HttpResponseError as error:
+            if error.status_code in (401, 403):
+                raise QueueDepthsForbidden("no Manage right on the namespace") from None
+            raise
         return [
             QueueDepth(
                 queue=queue,

@@ -72,6 +72,11 @@ class QueueDepth:
     dead_lettered: int
 
 
+class QueueDepthsForbidden(Exception):
+    """The broker answered, but this identity may not read queue properties (on Azure Service
+    Bus that needs the Manage right, which sending and receiving do not)."""
+
+
 @runtime_checkable
 class QueueInspector(Protocol):
     """What ``GET status`` asks of a bus; both adapters implement it (test fakes need not)."""

@@ -22,7 +22,7 @@ from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 
-from shared_code.bus.port import QueueInspector
+from shared_code.bus.port import QueueDepthsForbidden, QueueInspector
 from shared_code.db.migrations import APP_MIGRATIONS, read_migrations
 from shared_code.ratelimit import LimitUsage
 from shared_code.runtime import Services
@@ -88,6 +88,8 @@ class QueueStatus(msgspec.Struct, kw_only=True):
 class BusStatus(msgspec.Struct, kw_only=True):
     backend: str
     reachable: bool
+    # False when the identity may not read queue properties (Service Bus: no Manage right).
+    depths_readable: bool = True
     queues: list[QueueStatus] = msgspec.field(default_factory=list)
 
 
@@ -229,7 +231,11 @@ async def _bus(services: Services) -> BusStatus:
     bus = services.bus
     if not isinstance(bus, QueueInspector):
         return BusStatus(backend=settings.bus_backend, reachable=True)
-    depths = await bus.queue_depths([settings.inbound_queue_name, settings.outbound_queue_name])
+    try:
+        depths = await bus.queue_depths([settings.inbound_queue_name, settings.outbound_queue_name])
+    except QueueDepthsForbidden:
+        # Reachable (it answered) but not ours to count: a warning, not an outage.
+        return BusStatus(backend=settings.bus_backend, reachable=True, depths_readable=False)
     return BusStatus(
         backend=settings.bus_backend,
         reachable=True,
@@ -466,6 +472,8 @@ async def integration_status(
 
 def _warnings(bus: BusStatus | None, rates: ErrorRates | None) -> list[str]:
     warnings = []
+    if bus is not None and not bus.depths_readable:
+        warnings.append("queue depths unknown: the identity may not read queue properties")
     for queue in bus.queues if bus else []:
         if queue.dead_lettered:
             warnings.append(f"queue {queue.queue}: {queue.dead_lettered} dead-lettered message(s)")

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from local.simulator.app import CloudApiSimulator
 from local.simulator.config import DEFAULT_PHONE_NUMBER_ID, SimulatorConfig
 from shared_code.bus.local_queue import LocalQueue
-from shared_code.bus.port import OutgoingMessage
+from shared_code.bus.port import OutgoingMessage, QueueDepthsForbidden
 from shared_code.config import Settings
 from shared_code.db.pool import Connection
 from shared_code.management.health import StatusReport, integration_status, token_cache
@@ -189,3 +189,26 @@ async def test_a_dead_database_fails_within_the_deadline(services_for: BuildServ
     # The bus (its own pool) and Graph still answer.
     assert report.bus is not None and report.bus.reachable
     assert report.access_token is not None and report.access_token.valid
+
+
+class _ForbiddenDepths:
+    """A bus that answers but will not tell its queues' depths (no Manage right)."""
+
+    async def publish(self, queue: str, messages: object) -> None:
+        raise AssertionError("nothing is published here")
+
+    async def queue_depths(self, queues: object) -> list[object]:
+        raise QueueDepthsForbidden("no Manage right on the namespace")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_queue_depths_it_may_not_read_are_a_warning_not_an_outage(
+    services_for: BuildServices,
+) -> None:
+    services = dataclasses.replace(await services_for(), bus=_ForbiddenDepths())  # type: ignore[arg-type]
+    report = await integration_status(services)
+    assert report.healthy, report.failing
+    assert report.bus is not None and report.bus.reachable and not report.bus.depths_readable
+    assert any("queue depths unknown" in warning for warning in report.warnings)

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from azure.core.exceptions import HttpResponseError
 
 from shared_code.bus.azure_service_bus import AzureServiceBus
-from shared_code.bus.port import QueueDepth, QueueInspector
+from shared_code.bus.port import QueueDepth, QueueDepthsForbidden, QueueInspector
 from shared_code.secrets import Secret
 from shared_code.whatsapp.errors import AuthError
 from shared_code.whatsapp.graph_client import GraphApiClient, PhoneNumberInfo
@@ -62,6 +63,20 @@ async def test_service_bus_depths_come_from_the_runtime_properties() -> None:
 async def test_service_bus_depths_need_the_management_client() -> None:
     bus = AzureServiceBus(FakeClient())  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
+        await bus.queue_depths(["inbound-events"])
+    await bus.close()
+
+
+class ForbiddenAdministration(FakeAdministration):
+    async def get_queue_runtime_properties(self, queue_name: str) -> RuntimeProperties:
+        error = HttpResponseError(message="Unauthorized")
+        error.status_code = 401
+        raise error
+
+
+async def test_service_bus_depths_without_the_manage_right_say_so() -> None:
+    bus = AzureServiceBus(FakeClient(), administration=ForbiddenAdministration())  # type: ignore[arg-type]
+    with pytest.raises(QueueDepthsForbidden):
         await bus.queue_depths(["inbound-events"])
     await bus.close()
 
