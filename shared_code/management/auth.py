@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import jwt
 
-from shared_code.management.problems import Unauthorized
+from shared_code.management.problems import Unauthorized, Unavailable
 from shared_code.secrets import Secret
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,8 @@ class EntraTokenVerifier:
         self._leeway = leeway_seconds
         self._clock = clock
         self._keys: dict[str, Any] = {}
+        # The last fetch failed: an unknown key id may be a valid token we cannot check yet.
+        self._unreachable = False
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -186,6 +188,13 @@ class EntraTokenVerifier:
         try:
             return self._keys[kid]
         except KeyError:
+            if self._unreachable:
+                # Not the caller's fault: the token may well be valid.
+                raise Unavailable(
+                    "Entra ID's signing keys cannot be fetched; retry later",
+                    code="entra_unreachable",
+                    headers={"Retry-After": str(int(self.RETRY_AFTER_FAILURE_SECONDS))},
+                ) from None
             raise Unauthorized("the token's signing key is unknown", code="invalid_token") from None
 
     async def _fetch_keys(self) -> None:
@@ -197,7 +206,9 @@ class EntraTokenVerifier:
         except (httpx.HTTPError, ValueError) as error:
             logger.warning("could not fetch Entra ID signing keys: %s", type(error).__name__)
             self._fetched_at -= self.REFRESH_MIN_SECONDS - self.RETRY_AFTER_FAILURE_SECONDS
+            self._unreachable = True
             return
+        self._unreachable = False
         keys: dict[str, Any] = {}
         listed = document.get("keys") if isinstance(document, dict) else None
         for jwk in listed if isinstance(listed, list) else []:

@@ -200,11 +200,14 @@ class WebhookEventsQuery(PageQuery, kw_only=True, forbid_unknown_fields=True):
 
 
 def _filters_of(query: PageQuery) -> dict[str, object]:
-    """The query's filters (what a cursor is bound to): everything but the position and size."""
+    """The query's filters (what a cursor is bound to and the next link repeats): everything
+    given other than its default, but the position and size."""
     return {
-        name: value
-        for name, value in msgspec.structs.asdict(query).items()
-        if name not in ("cursor", "limit") and value is not None
+        field.encode_name: getattr(query, field.name)
+        for field in msgspec.structs.fields(query)
+        if field.name not in ("cursor", "limit")
+        and getattr(query, field.name) is not None
+        and getattr(query, field.name) != field.default
     }
 
 

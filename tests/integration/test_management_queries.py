@@ -342,3 +342,21 @@ async def test_a_last_word_that_starts_too_many_words_matches_only_itself(pool: 
     query = queries.ContactsQuery(search="zed")
     page = await queries.list_contacts(pool, SIGNER, query, "/x")
     assert [c.wa_id for c in page.data] == ["15550030099"]
+
+
+async def test_a_next_link_repeats_the_filters_given_and_no_defaults(pool: Pool) -> None:
+    async with pool.connection() as conn:
+        for n in range(3):
+            payload = f'{{"n": {n}}}'.encode()
+            await conn.execute(
+                "INSERT INTO whatsapp_webhook_events (body, body_sha256, status) "
+                "VALUES (%s, %s, 'ignored')",
+                (payload, hashlib.sha256(payload).digest()),
+            )
+    page = await queries.list_webhook_events(
+        pool, SIGNER, queries.WebhookEventsQuery(limit=1, status="ignored"), "/events"
+    )
+    assert page.next is not None
+    params = parse_qs(urlsplit(page.next).query)
+    assert set(params) == {"status", "limit", "cursor"}
+    assert params["status"] == ["ignored"]

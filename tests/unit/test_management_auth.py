@@ -29,7 +29,7 @@ from shared_code.management.auth import (
     EntraTokenVerifier,
     actor_of_key,
 )
-from shared_code.management.problems import Unauthorized
+from shared_code.management.problems import Unauthorized, Unavailable
 from shared_code.secrets import Secret
 
 FULL_KEYS = ("old-full-key-0123456789", "new-full-key-9876543210")
@@ -394,8 +394,10 @@ async def test_an_unreachable_entra_is_retried_soon_not_at_every_request(
 ) -> None:
     entra.failing = True
     for _ in range(3):
-        with pytest.raises(Unauthorized):
+        # 503, not 401: the token may be valid, the service cannot tell yet.
+        with pytest.raises(Unavailable) as refused:
             await verifier.verify(token())
+        assert refused.value.status == 503 and "Retry-After" in refused.value.headers
     assert len(entra.requests) == 1
     entra.failing = False
     clock.now += EntraTokenVerifier.RETRY_AFTER_FAILURE_SECONDS + 1
