@@ -105,6 +105,20 @@ class MessageOut(msgspec.Struct, kw_only=True):
     error_code: int | None
     error_title: str | None
     agent: str | None
+    purpose: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="Why an outbound message was written: reply, operator, template, "
+            "marketing, opt_out_confirmation, opt_in_confirmation, handoff_notice, away_message."
+        ),
+    ]
+    blocked_by_policy: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="Set when the messaging policy refused to send it (no Graph call): "
+            "contact_opted_out, marketing_opted_out or window_closed."
+        ),
+    ]
     whatsapp_timestamp: datetime | None
     created_at: datetime
     sent_at: datetime | None
@@ -437,7 +451,8 @@ async def list_conversations(
 
 _MESSAGES = """
 SELECT m.id, m.conversation_id, m.direction, m.wamid, m.message_type, m.text_body AS text,
-       m.status, m.error_code, m.error_title, m.agent, m.whatsapp_timestamp, m.created_at,
+       m.status, m.error_code, m.error_title, m.agent, m.purpose, m.blocked_by_policy,
+       m.whatsapp_timestamp, m.created_at,
        m.sent_at, m.delivered_at, m.read_at, m.failed_at,
        COALESCE(h.history, '[]'::jsonb) AS status_history
 FROM whatsapp_messages m

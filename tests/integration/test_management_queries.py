@@ -168,9 +168,10 @@ async def test_messages_come_with_their_status_history_and_error(pool: Pool) -> 
         await conn.execute(
             """
             INSERT INTO whatsapp_messages (conversation_id, direction, wamid, phone_number_id,
-                contact_wa_id, message_type, text_body, content, status, error_code, error_title)
+                contact_wa_id, message_type, text_body, content, status, error_code, error_title,
+                purpose)
             VALUES (%s, 'outbound', 'wamid.f2', %s, '15550007777', 'text', 'answer', '{}',
-                    'failed', 131026, 'Message undeliverable')
+                    'failed', 131026, 'Message undeliverable', 'operator')
             """,
             (conversation_id, BUSINESS_NUMBER),
         )
@@ -188,6 +189,7 @@ async def test_messages_come_with_their_status_history_and_error(pool: Pool) -> 
     assert [entry.status for entry in outbound.status_history] == ["sent", "failed"]
     assert outbound.status_history[1].error_code == 131026
     assert outbound.error_code == 131026
+    assert (outbound.purpose, outbound.blocked_by_policy) == ("operator", None)
     assert inbound.status_history == []
     only_inbound = await queries.list_conversation_messages(
         pool, SIGNER, conversation_id, queries.MessagesQuery(direction="inbound"), "/x"
