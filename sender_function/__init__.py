@@ -5,7 +5,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from shared_code.redelivery import pause_before_redelivery
-from shared_code.runtime import get_services
+from shared_code.runtime import get_services_or_pause
 
 bp = func.Blueprint()
 
@@ -20,8 +20,9 @@ async def sender_send_message(message: func.ServiceBusMessage) -> None:
     # Back-off is a scheduled copy published by the sender, so returning (complete) is the normal
     # end; SendAttemptsExhausted raises on every delivery so the broker dead-letters the message.
     # A transient failure (the database down) is given back after a growing pause.
+    # A failed start waits (a bounded back-off) in get_services_or_pause before it raises.
+    services = await get_services_or_pause()
     try:
-        services = await get_services()
         await services.sender.handle(message.get_body())
     except Exception as error:
         await pause_before_redelivery(error, message.delivery_count or 1)

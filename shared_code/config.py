@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -27,7 +27,15 @@ from shared_code.policy import (
 )
 from shared_code.ratelimit import RateLimitPolicy
 from shared_code.retry_policy import RetryPolicy
-from shared_code.secrets import EnvironmentSecrets, KeyVaultSecrets, Secret, SecretSource
+from shared_code.secrets import (
+    DEFAULT_SECRET_TTL_SECONDS,
+    EnvironmentSecrets,
+    KeyVaultSecrets,
+    Secret,
+    SecretList,
+    SecretSource,
+    split_secrets,
+)
 
 __all__ = [
     "DEFAULT_GRAPH_BASE_URL",
@@ -77,8 +85,9 @@ class ManagementSettings:
     """Who may call the management API, and how its page cursors are signed."""
 
     # Bearer keys: full access, and read-only (GET). None configured means no key is accepted.
-    api_keys: tuple[Secret, ...] = ()
-    read_keys: tuple[Secret, ...] = ()
+    # From Key Vault they follow its rotations (a SecretList), else a tuple.
+    api_keys: Sequence[Secret] = ()
+    read_keys: Sequence[Secret] = ()
     # Microsoft Entra ID access tokens are accepted too when both are set.
     entra_tenant_id: str | None = None
     entra_audience: str | None = None
@@ -148,12 +157,23 @@ class Settings:
     # out its least recently used connection) on a 2-core server and sent 72 to 100.3 % of a
     # 1,000/s cap (8 of 13 runs under 98 %); with 4, 98.3 to 100.4 % in every run.
     database_pool_max_size: int = DEFAULT_DATABASE_POOL_MAX_SIZE
+    # The password of each database connection is a Microsoft Entra ID access token of the app's
+    # identity (Azure Database for PostgreSQL); DATABASE_URL then holds none.
+    database_entra_auth: bool = False
     key_vault_url: str | None = None
+    # How long a secret read from Key Vault is used before it is read again (rotation).
+    key_vault_secret_ttl_seconds: float = DEFAULT_SECRET_TTL_SECONDS
+    # The user-assigned managed identity's client id: Key Vault and PostgreSQL tokens.
+    azure_client_id: str | None = None
+    # The Key Vault store behind the secrets (None without KEY_VAULT_URL); closed with the services.
+    secret_store: KeyVaultSecrets | None = field(default=None, repr=False, compare=False)
     bus_backend: BusBackend = "azure"
     service_bus: ServiceBusSettings = ServiceBusSettings()
     inbound_queue_name: str = DEFAULT_INBOUND_QUEUE
     outbound_queue_name: str = DEFAULT_OUTBOUND_QUEUE
     outbox_sweep_min_age_seconds: int = 30
+    # Refused publishes of one webhook event before the sweeper marks it failed (shared_code/outbox.py).
+    outbox_max_publish_attempts: int = 10
     agents: AgentSettings = field(default_factory=AgentSettings)
     agent_routing_rules: tuple[AgentRoutingRule, ...] = ()
     rate_limits: RateLimitPolicy = field(default_factory=RateLimitPolicy)
@@ -205,13 +225,20 @@ class Settings:
             database_pool_max_size=reader.integer(
                 "DATABASE_POOL_MAX_SIZE", default=DEFAULT_DATABASE_POOL_MAX_SIZE, minimum=2
             ),
+            database_entra_auth=_database_entra_auth(reader),
             key_vault_url=reader.optional("KEY_VAULT_URL"),
+            key_vault_secret_ttl_seconds=_secret_ttl(reader),
+            azure_client_id=reader.optional("AZURE_CLIENT_ID"),
+            secret_store=reader.secret_store,
             bus_backend=bus_backend,
             service_bus=service_bus,
             inbound_queue_name=reader.optional("INBOUND_QUEUE_NAME") or DEFAULT_INBOUND_QUEUE,
             outbound_queue_name=reader.optional("OUTBOUND_QUEUE_NAME") or DEFAULT_OUTBOUND_QUEUE,
             outbox_sweep_min_age_seconds=reader.integer(
                 "OUTBOX_SWEEP_MIN_AGE_SECONDS", default=30, minimum=1
+            ),
+            outbox_max_publish_attempts=reader.integer(
+                "OUTBOX_MAX_PUBLISH_ATTEMPTS", default=10, minimum=1
             ),
             agents=_agent_settings(reader),
             agent_routing_rules=reader.parsed("AGENT_ROUTING_RULES", parse_routing_rules, ()),
@@ -317,16 +344,64 @@ def _policy_settings(reader: _Reader) -> PolicySettings:
     )
 
 
-def load_settings() -> Settings:
-    return Settings.from_environment()
+def _database_entra_auth(reader: _Reader) -> bool:
+    enabled = reader.boolean("DATABASE_ENTRA_AUTH", default=False)
+    url = reader.peek_secret("DATABASE_URL")
+    if enabled and url:
+        from psycopg import Error, conninfo
+
+        try:
+            has_password = bool(conninfo.conninfo_to_dict(url).get("password"))
+        except Error:
+            reader.malformed.append("DATABASE_URL is not a PostgreSQL connection URL")
+        else:
+            if has_password:
+                reader.malformed.append(
+                    "DATABASE_URL must hold no password when DATABASE_ENTRA_AUTH is true "
+                    "(the password is an access token of the app's identity)"
+                )
+    return enabled
+
+
+def _secret_ttl(reader: _Reader) -> float:
+    return reader.number(
+        "KEY_VAULT_SECRET_TTL_SECONDS", default=DEFAULT_SECRET_TTL_SECONDS, minimum=1.0
+    )
+
+
+async def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings, with every secret read from Key Vault first when ``KEY_VAULT_URL`` is set.
+
+    The vault is read asynchronously, all secrets at once, before the (synchronous) settings are
+    built from its cache; the returned settings own the store (``secret_store``), which keeps
+    refreshing them (see :mod:`shared_code.secrets`) until the services close it.
+    """
+    env = dict(os.environ if environ is None else environ)
+    vault_url = _optional(env.get("KEY_VAULT_URL"))
+    if vault_url is None:
+        return Settings.from_environment(env)
+    reader = _Reader(env, EnvironmentSecrets(env))
+    ttl_seconds = _secret_ttl(reader)
+    reader.raise_if_incomplete()
+    store = KeyVaultSecrets.for_vault(
+        vault_url,
+        client_id=reader.optional("AZURE_CLIENT_ID"),
+        ttl_seconds=ttl_seconds,
+        fallback=EnvironmentSecrets(env),
+    )
+    try:
+        await store.load(SECRET_SETTINGS)
+        return Settings.from_environment(env, secrets=store)
+    except BaseException:
+        await store.aclose()
+        raise
 
 
 def _secret_source(env: Mapping[str, str]) -> SecretSource:
-    from_env = EnvironmentSecrets(env)
-    vault_url = _optional(env.get("KEY_VAULT_URL"))
-    if vault_url is None:
-        return from_env
-    return KeyVaultSecrets.for_vault(vault_url, fallback=from_env)
+    if _optional(env.get("KEY_VAULT_URL")) is not None:
+        # Key Vault is read asynchronously: load_settings() does it, then passes the store.
+        raise ConfigurationError("KEY_VAULT_URL is set: build the settings with load_settings()")
+    return EnvironmentSecrets(env)
 
 
 def _optional(value: str | None) -> str | None:
@@ -345,6 +420,8 @@ class _Reader:
     def __init__(self, env: Mapping[str, str], secrets: SecretSource) -> None:
         self._env = env
         self._secrets = secrets
+        # Secrets of a Key Vault store follow its refreshes; others are fixed.
+        self.secret_store = secrets if isinstance(secrets, KeyVaultSecrets) else None
         self.missing: list[str] = []
         self.malformed: list[str] = []
 
@@ -358,21 +435,31 @@ class _Reader:
             return ""
         return value
 
+    def peek_secret(self, name: str) -> str | None:
+        return self._secrets.get(name)
+
+    def _secret(self, name: str, value: str) -> Secret:
+        if self.secret_store is not None:
+            return self.secret_store.secret(name, value)
+        return Secret(value)
+
     def secret(self, name: str) -> Secret:
         value = self._secrets.get(name)
         if not value:
             self.missing.append(name)
             return Secret("")
-        return Secret(value)
+        return self._secret(name, value)
 
     def optional_secret(self, name: str) -> Secret | None:
         value = self._secrets.get(name)
-        return Secret(value) if value else None
+        return self._secret(name, value) if value else None
 
-    def secret_list(self, name: str) -> tuple[Secret, ...]:
+    def secret_list(self, name: str) -> Sequence[Secret]:
         """A comma-separated list of secrets (e.g. keys being rotated: old and new together)."""
         value = self._secrets.get(name) or ""
-        return tuple(Secret(item.strip()) for item in value.split(",") if item.strip())
+        if self.secret_store is not None:
+            return SecretList(self._secret(name, value))
+        return split_secrets(value)
 
     def number(self, name: str, *, default: float, minimum: float) -> float:
         raw = self.optional(name)

@@ -1,38 +1,52 @@
 """The composition root: one set of services per worker process, built on first use.
 
-Trigger adapters call :func:`get_services`; the first call reads settings (failing with a message
-naming any missing setting), applies migrations, opens the pool and connects the bus. Later calls
-return the same objects, so a warm worker pays nothing.
+Trigger adapters call :func:`get_services` (queue triggers :func:`get_services_or_pause`); the
+first call reads settings (Key Vault first when configured, failing with a message naming any
+missing setting), checks the agents, then applies migrations, opens the pool and connects the bus.
+A start that fails part way closes what it had opened. Later calls return the same objects, so a
+warm worker pays nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import httpx
 
+from shared_code.agent_configs import seed_configurations
 from shared_code.bus.port import MessageBus
-from shared_code.config import Settings, load_settings
+from shared_code.config import ConfigurationError, Settings, load_settings
+from shared_code.db.entra import DatabaseTokenProvider
 from shared_code.db.migrations import apply_migrations
 from shared_code.db.pool import Pool, open_pool
 from shared_code.heap import freeze_startup_heap
 from shared_code.management.context import ManagementContext, build_management_context
 from shared_code.orchestrator.agent_catalog import AgentCatalog
 from shared_code.orchestrator.agents import TextReply
+from shared_code.orchestrator.agents.registry import build_agents
 from shared_code.orchestrator.orchestrator import Orchestrator
 from shared_code.policy import MessagingPolicy
 from shared_code.processing import EventProcessor
 from shared_code.ratelimit import RateLimiter
 from shared_code.sending import OutboundSender
+from shared_code.startup_backoff import StartupBackoff
 from shared_code.templates import TemplateCatalogue
 from shared_code.webhook_intake import WebhookIntake
 from shared_code.whatsapp.graph_client import GraphApiClient
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Services", "build_services", "get_services", "shutdown_services"]
+__all__ = [
+    "Services",
+    "build_services",
+    "get_services",
+    "get_services_or_pause",
+    "shutdown_services",
+    "validate_configuration",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +62,8 @@ class Services:
     agent_http: httpx.AsyncClient
     templates: TemplateCatalogue
     management: ManagementContext
+    # Entra ID tokens as database passwords (DATABASE_ENTRA_AUTH); None with a password URL.
+    database_password: DatabaseTokenProvider | None = None
 
     async def close(self) -> None:
         # Bounded: a database that accepts and never answers must not hold a worker's shutdown
@@ -66,6 +82,10 @@ class Services:
         except TimeoutError:
             logger.warning("shutdown: the bus did not close in %.0f s; left", _POOL_CLOSE_SECONDS)
         await self.pool.close(timeout=_POOL_CLOSE_SECONDS)
+        if self.database_password is not None:
+            await self.database_password.aclose()
+        if self.settings.secret_store is not None:
+            await self.settings.secret_store.aclose()
 
 
 _DRAIN_SECONDS = 5.0
@@ -73,6 +93,7 @@ _POOL_CLOSE_SECONDS = 2.0
 
 _services: Services | None = None
 _lock: asyncio.Lock | None = None
+_startup_backoff = StartupBackoff()
 
 
 async def get_services() -> Services:
@@ -83,9 +104,22 @@ async def get_services() -> Services:
         _lock = asyncio.Lock()
     async with _lock:
         if _services is None:
-            _services = await build_services(load_settings())
+            _services = await build_services(await load_settings())
             freeze_startup_heap()
     return _services
+
+
+async def get_services_or_pause() -> Services:
+    """:func:`get_services` for queue triggers: a failed start waits (1, 2, 4 … 30 s over
+    consecutive failures, see :mod:`shared_code.startup_backoff`) before it raises, so a bad
+    setting does not spend every message's deliveries into the dead-letter queue in seconds."""
+    try:
+        services = await get_services()
+    except Exception as error:
+        await _startup_backoff.pause_after(error)
+        raise
+    _startup_backoff.succeeded()
+    return services
 
 
 async def shutdown_services() -> None:
@@ -96,23 +130,69 @@ async def shutdown_services() -> None:
 
 
 async def build_services(settings: Settings) -> Services:
+    """Check the configuration, then open everything; a failure part way closes what was opened
+    (the settings' Key Vault store too: the services own it)."""
+    async with AsyncExitStack() as opened:
+        if settings.secret_store is not None:
+            opened.push_async_callback(settings.secret_store.aclose)
+        validate_configuration(settings)
+        services = await _open_services(settings, opened)
+        opened.pop_all()
+    return services
+
+
+def validate_configuration(settings: Settings) -> None:
+    """What the settings can tell before anything is opened: the agents the environment describes
+    must build (seeding an empty catalogue needs them), and so must their catalogue rows.
+
+    Raises :class:`ConfigurationError` naming the settings at fault.
+    """
+    offline = httpx.AsyncClient(transport=_NoNetwork())
+    try:
+        build_agents(settings.agents, offline)
+        seed_configurations(settings.agents, settings.agent_routing_rules)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from error
+
+
+class _NoNetwork(httpx.AsyncBaseTransport):
+    """The transport of the client agents are built with for the check: it is never used."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("the configuration check sends nothing")
+
+
+async def _open_services(settings: Settings, opened: AsyncExitStack) -> Services:
+    database_password: DatabaseTokenProvider | None = None
+    if settings.database_entra_auth:
+        from shared_code.identity import azure_credential
+
+        database_password = DatabaseTokenProvider(azure_credential(settings.azure_client_id))
+        opened.push_async_callback(database_password.aclose)
     database_url = settings.database_url.reveal()
-    await apply_migrations(database_url)
-    pool = await open_pool(database_url, max_size=settings.database_pool_max_size)
-    bus = await _connect_bus(settings, pool)
+    await apply_migrations(database_url, password=database_password)
+    pool = await open_pool(
+        database_url, max_size=settings.database_pool_max_size, password=database_password
+    )
+    opened.push_async_callback(pool.close, timeout=_POOL_CLOSE_SECONDS)
+    bus = await _connect_bus(settings, pool, database_password)
+    opened.push_async_callback(bus.close)
     intake = WebhookIntake(
         pool=pool,
         bus=bus,
         queue=settings.inbound_queue_name,
-        app_secret=settings.whatsapp_app_secret.reveal(),
+        # The Secret itself: each webhook reveals it, so a rotated app secret applies at once.
+        app_secret=settings.whatsapp_app_secret,
     )
     graph = GraphApiClient.from_settings(settings)
+    opened.push_async_callback(graph.aclose)
     limiter = RateLimiter(pool, settings.rate_limits)
     # Agents get their own client: their slow upstreams must not hold Graph API connections.
     agent_http = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.agents.timeout_seconds, connect=5.0),
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
     )
+    opened.push_async_callback(agent_http.aclose)
     # Agents come from whatsapp_agents, seeded from the agent settings on the first start.
     agent_catalog = AgentCatalog(
         pool=pool,
@@ -146,6 +226,8 @@ async def build_services(settings: Settings) -> Services:
         policy=settings.retry_policy,
         window_closed_template=settings.policy.window_closed_template,
     )
+    management = build_management_context(settings)
+    opened.push_async_callback(management.aclose)
     logger.info("services ready (bus: %s)", settings.bus_backend)
     return Services(
         settings=settings,
@@ -158,16 +240,22 @@ async def build_services(settings: Settings) -> Services:
         graph=graph,
         agent_http=agent_http,
         templates=templates,
-        management=build_management_context(settings),
+        management=management,
+        database_password=database_password,
     )
 
 
-async def _connect_bus(settings: Settings, pool: Pool) -> MessageBus:
+async def _connect_bus(
+    settings: Settings, pool: Pool, database_password: DatabaseTokenProvider | None = None
+) -> MessageBus:
     if settings.bus_backend == "local":
         from shared_code.bus.local_queue import LOCAL_BUS_MIGRATIONS, LocalQueue
 
         await apply_migrations(
-            settings.database_url.reveal(), LOCAL_BUS_MIGRATIONS, set_name="local_bus"
+            settings.database_url.reveal(),
+            LOCAL_BUS_MIGRATIONS,
+            set_name="local_bus",
+            password=database_password,
         )
         # A pool of its own: bus writes commit without waiting for the disk (see local_queue.py),
         # the app's rows keep synchronous commits.
@@ -176,6 +264,7 @@ async def _connect_bus(settings: Settings, pool: Pool) -> MessageBus:
             max_size=settings.database_pool_max_size,
             name="local-bus",
             synchronous_commit=False,
+            password=database_password,
         )
         return LocalQueue(bus_pool, owns_pool=True)
     from shared_code.bus.azure_service_bus import AzureServiceBus

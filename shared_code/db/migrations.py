@@ -13,8 +13,11 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from psycopg import AsyncConnection
+
+from shared_code.db.entra import PasswordSource
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +58,19 @@ def read_migrations(folder: Path) -> list[Migration]:
 
 
 async def apply_migrations(
-    database_url: str, folder: Path = APP_MIGRATIONS, *, set_name: str = "app"
+    database_url: str,
+    folder: Path = APP_MIGRATIONS,
+    *,
+    set_name: str = "app",
+    password: PasswordSource | None = None,
 ) -> list[str]:
-    """Apply the pending migrations of one set; returns the names applied (empty when none)."""
+    """Apply the pending migrations of one set; returns the names applied (empty when none).
+
+    ``password`` is awaited for the connection (an Entra ID access token, as the pool's)."""
     migrations = read_migrations(folder)
     applied_now: list[str] = []
-    async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
+    extra: dict[str, Any] = {} if password is None else {"password": await password()}
+    async with await AsyncConnection.connect(database_url, autocommit=True, **extra) as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
         try:
             await conn.execute(

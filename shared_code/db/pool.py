@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 from psycopg import AsyncConnection, conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
+
+from shared_code.db.entra import PasswordSource
 
 __all__ = [
     "CONNECT_TIMEOUT_SECONDS",
@@ -35,13 +38,19 @@ RECONNECT_GIVE_UP_SECONDS: Final = 4.0
 
 
 async def open_pool(
-    database_url: str, *, max_size: int = 10, name: str = "bridge", synchronous_commit: bool = True
+    database_url: str,
+    *,
+    max_size: int = 10,
+    name: str = "bridge",
+    synchronous_commit: bool = True,
+    password: PasswordSource | None = None,
 ) -> Pool:
     """Open a pool and wait until its first connection works, so a bad URL fails at start.
 
     ``synchronous_commit=False`` is for the local bus only (see :mod:`shared_code.bus.local_queue`):
     its commits return before their WAL reaches the disk. Timeouts set in ``database_url`` win
-    over the defaults above.
+    over the defaults above. ``password`` is awaited for each new connection (an Entra ID access
+    token, see :mod:`shared_code.db.entra`), so a connection opened hours later gets a fresh one.
     """
     configured = conninfo.conninfo_to_dict(database_url)
     kwargs: dict[str, object] = {"application_name": f"whatsapp-bridge-{name}", "autocommit": True}
@@ -74,7 +83,18 @@ async def open_pool(
         # the pool replaces it.
         # Autocommit: a single statement is its own transaction, one round trip instead of
         # BEGIN + statement + COMMIT. Work that must be atomic says so with conn.transaction().
-        kwargs=kwargs,
+        kwargs=kwargs if password is None else _with_password(kwargs, password),
     )
     await pool.open(wait=True, timeout=30)
     return pool
+
+
+def _with_password(
+    kwargs: dict[str, Any], password: PasswordSource
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """psycopg_pool (>= 3.3) awaits this for each connection it opens."""
+
+    async def connection_kwargs() -> dict[str, Any]:
+        return {**kwargs, "password": await password()}
+
+    return connection_kwargs

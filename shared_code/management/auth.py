@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,18 +80,33 @@ def _digest(value: str) -> bytes:
 
 
 class _KeyRing:
+    """The keys' digests, rebuilt when the keys change (a SecretList from Key Vault follows its
+    rotations; see shared_code.secrets)."""
+
     def __init__(self, full: Iterable[Secret], read: Iterable[Secret]) -> None:
+        self._full = full if isinstance(full, Sequence) else tuple(full)
+        self._read = read if isinstance(read, Sequence) else tuple(read)
+        self._values: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._keys: list[tuple[bytes, Caller]] = []
-        for access, keys in ((Access.ADMIN, full), (Access.READ, read)):
-            for key in keys:
-                value = key.reveal()
-                self._keys.append((_digest(value), Caller(actor_of_key(value), access)))
+
+    def _current(self) -> list[tuple[bytes, Caller]]:
+        values = (
+            tuple(key.reveal() for key in self._full),
+            tuple(key.reveal() for key in self._read),
+        )
+        if values != self._values:
+            keys = []
+            for access, group in ((Access.ADMIN, values[0]), (Access.READ, values[1])):
+                for value in group:
+                    keys.append((_digest(value), Caller(actor_of_key(value), access)))
+            self._keys, self._values = keys, values
+        return self._keys
 
     def match(self, presented: str) -> Caller | None:
         digest = _digest(presented)
         found: Caller | None = None
         # Every key is compared, whatever matched first.
-        for key_digest, caller in self._keys:
+        for key_digest, caller in self._current():
             if hmac.compare_digest(digest, key_digest) and found is None:
                 found = caller
         return found

@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
 
 from shared_code.config import ConfigurationError, Settings
-from shared_code.secrets import EnvironmentSecrets, KeyVaultSecrets, Secret, key_vault_secret_name
+from shared_code.secrets import Secret, key_vault_secret_name
 
 COMPLETE = {
     "WHATSAPP_ACCESS_TOKEN": "EAAtoken",
@@ -78,62 +75,11 @@ def test_secret_never_shows_its_value() -> None:
     assert "EAAtoken" not in repr(settings)
 
 
-@dataclass
-class FakeKeyVaultSecret:
-    value: str
-
-
-class FakeSecretClient:
-    """Stands in for azure.keyvault.secrets.SecretClient at its get_secret boundary."""
-
-    def __init__(self, secrets: dict[str, str]) -> None:
-        self.secrets = secrets
-        self.calls: list[str] = []
-
-    def get_secret(self, name: str) -> FakeKeyVaultSecret:
-        self.calls.append(name)
-        if name not in self.secrets:
-            raise ResourceNotFoundError(f"secret {name} not found")
-        return FakeKeyVaultSecret(self.secrets[name])
-
-
 def test_key_vault_names_are_dashed_lower_case() -> None:
     assert key_vault_secret_name("WHATSAPP_APP_SECRET") == "whatsapp-app-secret"
 
 
-def test_secrets_come_from_key_vault_before_the_environment() -> None:
-    client = FakeSecretClient(
-        {
-            "whatsapp-access-token": "from-vault-token",
-            "whatsapp-app-secret": "from-vault-secret",
-            "whatsapp-webhook-verify-token": "from-vault-verify",
-        }
-    )
-    env = {**COMPLETE, "KEY_VAULT_URL": "https://kv.vault.azure.net"}
-    source = KeyVaultSecrets(client, fallback=EnvironmentSecrets(env))
-    settings = Settings.from_environment(env, secrets=source)
-    assert settings.whatsapp_app_secret.reveal() == "from-vault-secret"
-    assert settings.whatsapp_access_token.reveal() == "from-vault-token"
-    # Not in the vault: the environment's value is used.
-    assert settings.database_url.reveal() == COMPLETE["DATABASE_URL"]
-    assert settings.key_vault_url == "https://kv.vault.azure.net"
-
-
-def test_key_vault_reads_each_secret_once() -> None:
-    client = FakeSecretClient({"whatsapp-app-secret": "s"})
-    source = KeyVaultSecrets(client)
-    assert source.get("WHATSAPP_APP_SECRET") == "s"
-    assert source.get("WHATSAPP_APP_SECRET") == "s"
-    assert source.get("WHATSAPP_ACCESS_TOKEN") is None
-    assert source.get("WHATSAPP_ACCESS_TOKEN") is None
-    assert client.calls == ["whatsapp-app-secret", "whatsapp-access-token"]
-
-
-def test_secret_missing_from_vault_and_environment_is_named() -> None:
-    client = FakeSecretClient({})
-    env = {k: v for k, v in COMPLETE.items() if k != "WHATSAPP_APP_SECRET"}
-    with pytest.raises(ConfigurationError, match="WHATSAPP_APP_SECRET"):
-        Settings.from_environment(env, secrets=KeyVaultSecrets(client, EnvironmentSecrets(env)))
+# Key Vault itself (async client, TTL refresh, fallback, outage): tests/unit/test_secrets.py.
 
 
 def test_reply_path_defaults_follow_the_seed() -> None:
@@ -194,3 +140,19 @@ def test_malformed_reply_path_settings_are_named_together() -> None:
         "AGENT_TIMEOUT_SECONDS",
     ):
         assert name in message
+
+
+def test_entra_database_auth_wants_a_url_without_a_password() -> None:
+    entra = {
+        **COMPLETE,
+        "DATABASE_ENTRA_AUTH": "true",
+        "DATABASE_URL": "postgresql://bridge-identity@pg.postgres.database.azure.com/app"
+        "?sslmode=require",
+    }
+    assert Settings.from_environment(entra).database_entra_auth is True
+    assert Settings.from_environment(COMPLETE).database_entra_auth is False
+    with pytest.raises(ConfigurationError, match="DATABASE_URL must hold no password") as raised:
+        Settings.from_environment(
+            {**entra, "DATABASE_URL": "postgresql://u:hunter2@pg.postgres.database.azure.com/app"}
+        )
+    assert "hunter2" not in str(raised.value)

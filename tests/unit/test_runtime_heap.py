@@ -24,7 +24,11 @@ async def test_a_worker_freezes_what_it_built_at_start_up(
         return built
 
     monkeypatch.setattr(runtime, "build_services", build_services)
-    monkeypatch.setattr(runtime, "load_settings", lambda: None)
+
+    async def load_settings() -> None:
+        return None
+
+    monkeypatch.setattr(runtime, "load_settings", load_settings)
     monkeypatch.setattr(runtime, "_services", None)
     assert gc.get_freeze_count() == 0
 
