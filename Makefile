@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup dev test lint unit integration e2e fuzz fuzz-short faults faults-short bench-ingest bench-sender bench-e2e bench-management doctor clean
+.PHONY: setup pin dev test lint unit integration e2e fuzz fuzz-short faults faults-short bench-ingest bench-sender bench-e2e bench-management doctor clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+pin: setup  ## requirements.txt (what Azure installs) from requirements.in, pinned as constraints.txt
+	$(BIN)/python -m scripts.pin_requirements
 
 dev: setup  ## the dev host: embedded PostgreSQL, local queue, HTTP on 127.0.0.1:7071/api
 	$(BIN)/python -m local

@@ -140,7 +140,9 @@ class LocalHost:
         self._host = host
         self._requested_port = port
         self._config = (
-            config if config is not None else HostConfig.from_file(REPO_ROOT / "host.json")
+            config
+            if config is not None
+            else HostConfig.for_dev_host(REPO_ROOT / "host.json", os.environ)
         )
         self._timers_enabled = timers
         self._queue_options = queue_options or QueueOptions()
@@ -517,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.log_level)
     try:
         local_settings = load_local_settings(REPO_ROOT)
-        config = HostConfig.from_file(REPO_ROOT / "host.json")
+        # After the local settings: they may hold AzureFunctionsJobHost__ overrides.
+        config = HostConfig.for_dev_host(REPO_ROOT / "host.json", os.environ)
     except (LocalSettingsError, HostConfigError) as error:
         logger.error("%s", error)
         return 2

@@ -1,11 +1,21 @@
 """The parts of ``host.json`` the dev host honours, with the Functions host's defaults.
 
 Keys are matched case-insensitively, as the Functions host does. Durations are .NET ``TimeSpan``
-strings (``"00:00:05"``, ``"00:00:00.80"``, ``"1.02:00:00"``).
+strings (``"00:00:05"``, ``"00:00:00.80"``, ``"1.02:00:00"``). App settings named
+``AzureFunctionsJobHost__<path>`` (``__`` between keys) override host.json values, as they do in
+Azure and under ``func start`` (environment or local.settings.json ``Values``).
+
+host.json holds Azure's values. The dev host differs in one: the session idle timeout. Its local
+queue wakes a session's holder within milliseconds of a publish (LISTEN/NOTIFY), so waiting seconds
+for a session's next message buys nothing there and holds one of ``maxConcurrentSessions`` slots
+the whole time; on Azure a receive is a network round trip and accepting a session several, so
+the wait is worth seconds. :meth:`HostConfig.for_dev_host` uses
+:data:`DEV_HOST_SESSION_IDLE_TIMEOUT` unless an ``AzureFunctionsJobHost__`` setting names one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -14,7 +24,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["HostConfig", "HostConfigError", "parse_timespan"]
+__all__ = [
+    "DEV_HOST_SESSION_IDLE_TIMEOUT",
+    "JOB_HOST_OVERRIDE_PREFIX",
+    "HostConfig",
+    "HostConfigError",
+    "parse_timespan",
+]
+
+JOB_HOST_OVERRIDE_PREFIX: Final = "AzureFunctionsJobHost__"
+DEV_HOST_SESSION_IDLE_TIMEOUT: Final = timedelta(milliseconds=100)
+_SESSION_IDLE_TIMEOUT_PATH: Final = ("extensions", "serviceBus", "sessionIdleTimeout")
 
 # [-][d.]hh:mm[:ss[.fffffff]]; a bare integer is a number of days, as TimeSpan.Parse reads it.
 _TIMESPAN: Final = re.compile(
@@ -69,19 +89,30 @@ class HostConfig:
     function_timeout: timedelta | None = None
 
     @classmethod
-    def from_file(cls, path: Path) -> HostConfig:
-        """Read ``host.json``; a missing file means every default."""
+    def from_file(cls, path: Path, environ: Mapping[str, str] | None = None) -> HostConfig:
+        """Read ``host.json`` with the ``AzureFunctionsJobHost__`` overrides found in
+        ``environ``; a missing file means every default."""
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return cls()
+            text = "{}"
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise HostConfigError(f"{path} is not valid JSON: {error}") from error
         if not isinstance(data, dict):
             raise HostConfigError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(_with_overrides(data, _overrides_in(environ or {})))
+
+    @classmethod
+    def for_dev_host(cls, path: Path, environ: Mapping[str, str]) -> HostConfig:
+        """What the dev host runs with: :meth:`from_file`, and the dev host's own session idle
+        timeout unless an override names one (see the module's docstring)."""
+        config = cls.from_file(path, environ)
+        overridden = {tuple(k.lower() for k in key) for key in _overrides_in(environ)}
+        if tuple(k.lower() for k in _SESSION_IDLE_TIMEOUT_PATH) in overridden:
+            return config
+        return dataclasses.replace(config, session_idle_timeout=DEV_HOST_SESSION_IDLE_TIMEOUT)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HostConfig:
@@ -112,6 +143,44 @@ class HostConfig:
             ),
             function_timeout=_function_timeout(data),
         )
+
+
+def _overrides_in(environ: Mapping[str, str]) -> dict[tuple[str, ...], Any]:
+    prefix = JOB_HOST_OVERRIDE_PREFIX.lower()
+    overrides: dict[tuple[str, ...], Any] = {}
+    for name, raw in environ.items():
+        if not name.lower().startswith(prefix):
+            continue
+        path = tuple(part for part in name[len(prefix) :].split("__") if part)
+        if path:
+            overrides[path] = _setting_value(raw)
+    return overrides
+
+
+def _setting_value(raw: str) -> Any:
+    # App settings are strings; the host converts "8" and "true" to the type the key needs.
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+    return value if isinstance(value, bool | int | float) else raw
+
+
+def _with_overrides(
+    data: dict[str, Any], overrides: Mapping[tuple[str, ...], Any]
+) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(json.dumps(data))  # a deep copy of plain JSON
+    for path, value in overrides.items():
+        section = result
+        for key in path[:-1]:
+            existing = next((k for k in section if k.lower() == key.lower()), key)
+            child = section.get(existing)
+            if not isinstance(child, dict):
+                child = section[existing] = {}
+            section = child
+        existing = next((k for k in section if k.lower() == path[-1].lower()), path[-1])
+        section[existing] = value
+    return result
 
 
 def _get(section: Mapping[str, Any], key: str) -> Any:

@@ -23,6 +23,7 @@ async def maintenance_outbox_sweep(timer: func.TimerRequest) -> None:
         services.bus,
         services.settings.inbound_queue_name,
         min_age_seconds=services.settings.outbox_sweep_min_age_seconds,
+        max_publish_attempts=services.settings.outbox_max_publish_attempts,
     )
 
 

@@ -15,7 +15,15 @@ refusal lands on what it refuses:
   row marked ``failed`` (its other messages are published), never retried. (One such refusal
   proves little: a connection reset in an outage fails one publish and the next one succeeds);
 - refused like everything after it → the broker is down: the rows stay ``pending`` with the
-  reason, and the sweep stops until the next run instead of knocking on a closed door.
+  reason, and the sweep stops until the next run instead of knocking on a closed door (the events
+  it did not try are not charged an attempt);
+- refused in ``max_publish_attempts`` sweeps (``OUTBOX_MAX_PUBLISH_ATTEMPTS``) without the broker
+  being down in the last one → poison too, even without evidence from others: a lone event is
+  not retried every minute forever.
+
+A bus that names the messages it refused for good (:attr:`PublishError.refused_message_ids`: too
+large for the tier, 256 KB on Standard) has accepted the rest: the events holding them are
+marked failed at once, without the event-by-event retry.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ _REFUSALS_MEANING_DOWN = 3
 # Refused publish attempts of an event (the last while others were accepted) before it counts as
 # poison without the broker saying so (the sweeper runs every minute).
 SWEEPS_BEFORE_POISON = 3
+# Refused publish attempts of an event after which it is poison whatever the others did.
+DEFAULT_MAX_PUBLISH_ATTEMPTS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +62,13 @@ class SweepReport:
 
 
 async def sweep_outbox(
-    pool: Pool, bus: MessageBus, queue: str, *, min_age_seconds: int, batch_size: int = 200
+    pool: Pool,
+    bus: MessageBus,
+    queue: str,
+    *,
+    min_age_seconds: int,
+    batch_size: int = 200,
+    max_publish_attempts: int = DEFAULT_MAX_PUBLISH_ATTEMPTS,
 ) -> SweepReport:
     published = failed = poisoned = 0
     last: webhook_events.PendingWebhookEvent | None = None
@@ -81,6 +97,7 @@ async def sweep_outbox(
                     for event, split in splits
                     if split.status == "pending"
                 ],
+                max_publish_attempts=max_publish_attempts,
             )
             await webhook_events.mark_published(conn, outcome.published)
             if outcome.poison:
@@ -94,7 +111,7 @@ async def sweep_outbox(
                 await webhook_events.record_publish_failure(conn, event_ids, reason)
         published += len(outcome.published)
         poisoned += len({f.webhook_event_id for f in outcome.poison}) + len(unpublishable)
-        failed += sum(len(ids) for ids in outcome.retry_later.values())
+        failed += sum(len(ids) for ids in outcome.retry_later.values()) + len(outcome.untried)
         if outcome.broker_down or len(pending) < batch_size:
             break
     if published or failed or poisoned:
@@ -113,6 +130,8 @@ class _Outcome:
     poison: list[event_failures.EventFailure] = field(default_factory=list)
     # Reason → rows to try again next sweep.
     retry_later: dict[str, list[int]] = field(default_factory=dict)
+    # Rows not tried because the broker was down: pending, not charged an attempt.
+    untried: list[int] = field(default_factory=list)
     broker_down: bool = False
 
 
@@ -129,10 +148,20 @@ async def _publish_isolating(
     bus: MessageBus,
     queue: str,
     events: Sequence[tuple[webhook_events.PendingWebhookEvent, list[OutgoingMessage]]],
+    *,
+    max_publish_attempts: int = DEFAULT_MAX_PUBLISH_ATTEMPTS,
 ) -> _Outcome:
     outcome = _Outcome()
     try:
         await bus.publish(queue, [m for _, messages in events for m in messages])
+    except PublishError as error:
+        if error.refused_message_ids:
+            return _refused_by_name(events, error)
+        logger.info(
+            "outbox sweep: a batch of %d events was refused (%s); isolating",
+            len(events),
+            type(error).__name__,
+        )
     except Exception as error:
         logger.info(
             "outbox sweep: a batch of %d events was refused (%s); isolating",
@@ -158,6 +187,20 @@ async def _publish_isolating(
         for group in [messages] if len(messages) == 1 else [messages, *([m] for m in messages)]:
             try:
                 await bus.publish(queue, group)
+            except PublishError as error:
+                if error.refused_message_ids:
+                    # The rest of the group was accepted: no need to go message by message.
+                    event_refusals.extend(
+                        _Refusal(event_id, m, error, accepted)
+                        for m in group
+                        if m.message_id in error.refused_message_ids
+                    )
+                    if len(event_refusals) < len(group):
+                        accepted += 1
+                    break
+                if len(group) == 1:
+                    event_refusals.append(_Refusal(event_id, group[0], error, accepted))
+                continue
             except Exception as error:
                 if len(group) == 1:
                     event_refusals.append(_Refusal(event_id, group[0], error, accepted))
@@ -170,22 +213,23 @@ async def _publish_isolating(
             outcome.published.append(event_id)
         refusals.extend(event_refusals)
     outcome.broker_down = refused_in_a_row >= _REFUSALS_MEANING_DOWN
-    transient: set[int] = set(untried)
+    outcome.untried = untried
+    transient: set[int] = set()
     for refusal in refusals:
+        tries = attempts[refusal.event_id] + 1
         # Refused for good, or refused sweep after sweep while the broker went on accepting
-        # others after it.
-        if _is_permanent(refusal.error) or (
-            refusal.accepted_before < accepted
-            and attempts[refusal.event_id] + 1 >= SWEEPS_BEFORE_POISON
+        # others after it, or refused in too many sweeps with the broker up.
+        if (
+            _is_permanent(refusal.error)
+            or (refusal.accepted_before < accepted and tries >= SWEEPS_BEFORE_POISON)
+            or (not outcome.broker_down and tries >= max_publish_attempts)
         ):
-            outcome.poison.append(_failure_of(refusal))
+            outcome.poison.append(_failure_of(refusal, tries))
         else:
             transient.add(refusal.event_id)
     poisoned = {f.webhook_event_id for f in outcome.poison}
     for event_id in sorted(transient - poisoned):
-        reason = next(
-            (type(r.error).__name__ for r in refusals if r.event_id == event_id), "not tried"
-        )
+        reason = next(type(r.error).__name__ for r in refusals if r.event_id == event_id)
         outcome.retry_later.setdefault(reason, []).append(event_id)
     if outcome.poison:
         logger.warning(
@@ -199,14 +243,35 @@ def _is_permanent(error: Exception) -> bool:
     return isinstance(error, PublishError) and error.permanent
 
 
-def _failure_of(refusal: _Refusal) -> event_failures.EventFailure:
+def _refused_by_name(
+    events: Sequence[tuple[webhook_events.PendingWebhookEvent, list[OutgoingMessage]]],
+    error: PublishError,
+) -> _Outcome:
+    outcome = _Outcome()
+    for event, messages in events:
+        refused = [m for m in messages if m.message_id in error.refused_message_ids]
+        if not refused:
+            outcome.published.append(event.id)
+        outcome.poison.extend(
+            _failure_of(_Refusal(event.id, m, error, 0), event.publish_attempts + 1)
+            for m in refused
+        )
+    logger.warning(
+        "outbox sweep: %d events refused by the bus for good; recorded as failed",
+        len({f.webhook_event_id for f in outcome.poison}),
+    )
+    return outcome
+
+
+def _failure_of(refusal: _Refusal, tries: int) -> event_failures.EventFailure:
     error = refusal.error
     # Our adapters' PublishError messages name the queue and the error class, not content.
-    reason = (
-        f"{'refused for good' if error.permanent else 'refused'}: {error}"
-        if isinstance(error, PublishError)
-        else f"refused while the bus accepted others: {type(error).__name__}"
-    )
+    if isinstance(error, PublishError) and error.permanent:
+        reason = f"refused for good: {error}"
+    elif isinstance(error, PublishError):
+        reason = f"refused in {tries} attempts: {error}"
+    else:
+        reason = f"refused in {tries} attempts: {type(error).__name__}"
     return event_failures.EventFailure(
         stage="publish",
         reason=reason,

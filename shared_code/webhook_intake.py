@@ -37,11 +37,12 @@ from dataclasses import dataclass
 import msgspec
 
 from shared_code.batching import BatchingQueue
-from shared_code.bus.port import MessageBus, OutgoingMessage
+from shared_code.bus.port import MessageBus, OutgoingMessage, PublishError
 from shared_code.circuit import Circuit
-from shared_code.db import webhook_events
+from shared_code.db import event_failures, webhook_events
 from shared_code.db.pool import Pool
 from shared_code.processing import StatusRecorder
+from shared_code.secrets import Secret
 from shared_code.whatsapp.json_body import UnreadableBody, decode_json_body
 from shared_code.whatsapp.payloads import PayloadError, StatusEvent, event_from_envelope
 from shared_code.whatsapp.signature import verify_signature
@@ -123,6 +124,30 @@ def bus_messages_for(
     return messages
 
 
+_REFUSED_FOR_GOOD = "some events refused by the bus for good (see whatsapp_event_failures)"
+
+
+def _refused_for_good(
+    messages_by_event: Mapping[int, Sequence[OutgoingMessage]], error: Exception
+) -> list[event_failures.EventFailure]:
+    """The messages a bus named as refused for good (too large), one failure each."""
+    if not isinstance(error, PublishError) or not error.refused_message_ids:
+        return []
+    return [
+        event_failures.EventFailure(
+            stage="publish",
+            # The adapters' texts name the queue and a count, never an id or content.
+            reason=f"refused for good: {error}",
+            webhook_event_id=event_id,
+            kind=message.subject,
+            event_key=message.message_id,
+        )
+        for event_id, messages in messages_by_event.items()
+        for message in messages
+        if message.message_id in error.refused_message_ids
+    ]
+
+
 def _envelope_of(event_id: int, event: SplitEvent) -> dict[str, object]:
     envelope = dict(event.envelope)
     envelope["webhook_event_id"] = event_id
@@ -143,7 +168,7 @@ class WebhookIntake:
         pool: Pool,
         bus: MessageBus,
         queue: str,
-        app_secret: str,
+        app_secret: str | Secret,
         statuses: StatusRecorder | None = None,
         max_batch: int = 256,
         max_publishes_in_flight: int = 4,
@@ -183,7 +208,11 @@ class WebhookIntake:
     async def receive(self, body: bytes, signature: str | None) -> IntakeAnswer:
         if len(body) > MAX_WEBHOOK_BODY_BYTES:
             return TOO_LARGE
-        if not verify_signature(body, signature, self._app_secret):
+        # A Secret is revealed on each webhook: a rotated app secret (Key Vault) applies at once.
+        app_secret = self._app_secret
+        if isinstance(app_secret, Secret):
+            app_secret = app_secret.reveal()
+        if not verify_signature(body, signature, app_secret):
             logger.warning("webhook rejected: invalid or missing signature (%d bytes)", len(body))
             return BAD_SIGNATURE
         if not self._storage.allows():
@@ -290,32 +319,50 @@ class WebhookIntake:
             for event_id, split in events
         }
         messages = [m for event_messages in messages_by_event.values() for m in event_messages]
+        refused: list[event_failures.EventFailure] = []
         if messages:
             try:
                 await self._bus.publish(self._queue, messages)
             except Exception as error:
+                refused = _refused_for_good(messages_by_event, error)
                 with_messages = [event_id for event_id, ms in messages_by_event.items() if ms]
-                logger.warning(
-                    "publishing the messages of %d webhook events failed (%s); the outbox "
-                    "sweeper will retry",
-                    len(with_messages),
-                    type(error).__name__,
-                )
-                failures.update(dict.fromkeys(with_messages, type(error).__name__))
+                if refused:
+                    # The bus took every other message: these events failed, and for good.
+                    logger.warning(
+                        "%d webhook events hold messages the bus refused for good; marked failed",
+                        len({f.webhook_event_id for f in refused}),
+                    )
+                else:
+                    logger.warning(
+                        "publishing the messages of %d webhook events failed (%s); the outbox "
+                        "sweeper will retry",
+                        len(with_messages),
+                        type(error).__name__,
+                    )
+                    failures.update(dict.fromkeys(with_messages, type(error).__name__))
+        refused_events = sorted({f.webhook_event_id for f in refused if f.webhook_event_id})
         for event_id, split in events:
             for event in split.events:
                 if event.kind == "status" and not await self._apply_status(event_id, event):
                     failures[event_id] = "status not applied"
-        if failures:
+        if failures or refused:
             try:
                 async with self._pool.connection() as conn:
                     for reason in set(failures.values()):
                         await webhook_events.record_publish_failure(
                             conn, [i for i, r in failures.items() if r == reason], reason
                         )
+                    if refused:
+                        await event_failures.record_failures(conn, refused)
+                        await webhook_events.mark_failed(conn, refused_events, _REFUSED_FOR_GOOD)
             except Exception:
+                # Left pending: the outbox sweeper meets the same refusal and records it.
                 logger.exception("could not record the forwarding failure")
-        forwarded = [event_id for event_id, _ in events if event_id not in failures]
+        forwarded = [
+            event_id
+            for event_id, _ in events
+            if event_id not in failures and event_id not in refused_events
+        ]
         if forwarded:
             self._marks.enqueue(forwarded)
 

@@ -1,8 +1,15 @@
 """The bus in Azure: publishing to Service Bus queues with azure-servicebus (async).
 
 One long-lived client per worker, one sender per queue created on first use and reused (a sender's
-AMQP link takes about a second to open). Messages go out in as few batches as the service's batch
-size allows, in the order given, so a session's messages keep their order.
+AMQP link takes about a second to open). Messages go out in as few batches as the service allows:
+one batch holds one session's messages only (a partitioned entity refuses a batch that mixes
+session ids, and with duplicate detection one that mixes message ids: there every message travels
+alone), and no more bytes than the link's maximum message size (256 KB on the Standard tier). A
+session's messages keep their order; sessions are independent, so their batches may go in any
+order.
+
+A message too large for any batch is left out: the others are sent and the publish then raises a
+permanent :class:`PublishError` naming the refused ids, so the caller fails that event only.
 
 A failed publish may have sent its first batches already; the caller publishes everything again and
 the queue's duplicate detection (on ``message_id``) drops what arrived the first time.
@@ -12,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC
 from typing import Protocol
 
@@ -83,12 +90,16 @@ class AzureServiceBus:
         *,
         credential: AsyncTokenCredential | None = None,
         administration: _Administration | None = None,
+        partitioned: bool = False,
     ) -> None:
         """``client`` is usually an ``azure.servicebus.aio.ServiceBusClient``; ``credential``, when
         given, is closed with the client (the client does not own it). ``administration`` (same
         namespace and credential) reads queue depths for ``GET status``; it needs the Manage
-        right (Azure Service Bus Data Owner), which a sender's role does not include."""
+        right (Azure Service Bus Data Owner), which a sender's role does not include.
+        ``partitioned``: the queues are partitioned with duplicate detection (infra/ creates
+        them unpartitioned), so every message is sent in a batch of its own."""
         self._client = client
+        self._one_message_per_batch = partitioned
         self._administration = administration
         self._credential = credential
         self._senders: dict[str, _QueueSender] = {}
@@ -133,7 +144,9 @@ class AzureServiceBus:
         queue_sender = await self._sender_for(queue)
         async with queue_sender.lock:
             try:
-                batches = await _send_in_batches(queue_sender.sender, outgoing)
+                batches, too_large = await _send_in_batches(
+                    queue_sender.sender, outgoing, one_per_batch=self._one_message_per_batch
+                )
             except MessageSizeExceededError as error:
                 raise PublishError(
                     f"a message for queue {queue} is too large", permanent=True
@@ -148,6 +161,12 @@ class AzureServiceBus:
                     f"{type(error).__name__}"
                 ) from error
         logger.debug("queue %s: sent %s message(s) in %s batch(es)", queue, len(outgoing), batches)
+        if too_large:
+            raise PublishError(
+                f"{len(too_large)} message(s) for queue {queue} are too large for Service Bus "
+                "(the others were sent)",
+                refused_message_ids=frozenset(too_large),
+            )
 
     async def close(self) -> None:
         """Close the senders, the client and the credential; safe to call twice."""
@@ -210,24 +229,54 @@ class AzureServiceBus:
             logger.debug("closing a failed sender of queue %s: %s", queue, error)
 
 
-async def _send_in_batches(sender: _Sender, messages: Sequence[ServiceBusMessage]) -> int:
-    """Send in order, filling each batch up to the service's size limit; returns batches sent."""
+async def _send_in_batches(
+    sender: _Sender, messages: Sequence[ServiceBusMessage], *, one_per_batch: bool
+) -> tuple[int, list[str]]:
+    """Send each session's messages in order, filling batches up to the link's size limit.
+
+    Returns the number of batches sent and the ids of the messages too large for any batch
+    (left out; the rest are sent).
+    """
     sent = 0
-    batch = await sender.create_message_batch()
-    for message in messages:
-        try:
-            batch.add_message(message)
-        except MessageSizeExceededError:
-            if len(batch) == 0:
-                raise  # too large on its own for any batch
+    too_large: list[str] = []
+    for group in _batch_groups(messages, one_per_batch=one_per_batch):
+        batch = await sender.create_message_batch()
+        for message in group:
+            if _added(batch, message):
+                continue
+            if len(batch):
+                await sender.send_messages(batch)
+                sent += 1
+                batch = await sender.create_message_batch()
+                if _added(batch, message):
+                    continue
+            too_large.append(str(message.message_id))
+        if len(batch):
             await sender.send_messages(batch)
             sent += 1
-            batch = await sender.create_message_batch()
-            batch.add_message(message)
-    if len(batch):
-        await sender.send_messages(batch)
-        sent += 1
-    return sent
+    return sent, too_large
+
+
+def _batch_groups(
+    messages: Sequence[ServiceBusMessage], *, one_per_batch: bool
+) -> Iterator[list[ServiceBusMessage]]:
+    """The messages that may share a batch, in order: one session's (or, on a partitioned entity,
+    each message alone)."""
+    if one_per_batch:
+        yield from ([message] for message in messages)
+        return
+    by_session: dict[str | None, list[ServiceBusMessage]] = {}
+    for message in messages:
+        by_session.setdefault(message.session_id, []).append(message)
+    yield from by_session.values()
+
+
+def _added(batch: ServiceBusMessageBatch, message: ServiceBusMessage) -> bool:
+    try:
+        batch.add_message(message)
+    except MessageSizeExceededError:
+        return False
+    return True
 
 
 def _to_service_bus(message: OutgoingMessage) -> ServiceBusMessage:

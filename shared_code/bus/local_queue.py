@@ -15,7 +15,12 @@ Semantics (mirroring Azure Service Bus):
   deliverable again. When a message would be delivered with delivery_count > max_delivery_count
   it is moved to the dead-letter state instead (reason "MaxDeliveryCountExceeded"); abandoning a
   message that already had its last delivery dead-letters it at once.
-- dead-letter: explicit dead_letter(reason, description), kept and listable, never delivered.
+- dead-letter: explicit dead_letter(reason, description), kept and listable, never delivered
+  until :meth:`LocalQueue.replay_dead_letters` moves them back (what re-sending from the
+  dead-letter sub-queue does in Azure; scripts/replay_dead_letters.py).
+- size: a message over ``max_message_size`` (Standard tier: 256 KB, counted here as body,
+  properties and ids) is refused for good, the others of the call are accepted, as the Azure
+  adapter does, so an oversized event fails on the dev host the way it would in Azure.
 
 Durability: the bus may run on connections with ``synchronous_commit=off`` (the dev host and the
 app's local-bus pool do): a commit returns before its WAL is on disk, which saves a disk flush per
@@ -58,7 +63,14 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
 from shared_code.batching import BatchingQueue
-from shared_code.bus.port import OutgoingMessage, PropertyValue, PublishError, QueueDepth
+from shared_code.bus.dead_letters import ReplayReport
+from shared_code.bus.port import (
+    STANDARD_TIER_MAX_MESSAGE_BYTES,
+    OutgoingMessage,
+    PropertyValue,
+    PublishError,
+    QueueDepth,
+)
 from shared_code.db.pool import Pool
 from shared_code.log_privacy import pseudonym
 
@@ -102,6 +114,7 @@ class QueueOptions:
     lock_duration: timedelta = timedelta(seconds=60)
     max_delivery_count: int = 10
     duplicate_detection_window: timedelta = timedelta(minutes=10)
+    max_message_size: int = STANDARD_TIER_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         if self.lock_duration <= timedelta(0):
@@ -110,6 +123,8 @@ class QueueOptions:
             raise ValueError("max_delivery_count must be at least 1")
         if self.duplicate_detection_window < timedelta(0):
             raise ValueError("duplicate_detection_window must not be negative")
+        if self.max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
 
 
 _DEFAULT_OPTIONS: Final = QueueOptions()
@@ -498,6 +513,67 @@ ORDER BY sequence_number
 LIMIT %(limit)s
 """
 
+# Dead letters whose id the queue's duplicate detection would no longer drop, oldest first; the
+# others are held back (see shared_code/bus/dead_letters.py).
+_REPLAYABLE: Final = """
+SELECT d.sequence_number
+FROM local_bus_dead_letters d
+WHERE d.queue = %(queue)s
+  AND NOT EXISTS (SELECT 1 FROM local_bus_duplicates h
+                  WHERE h.queue = d.queue AND h.message_id = d.message_id AND h.expires_at > now())
+ORDER BY d.sequence_number
+LIMIT %(limit)s
+"""
+
+_HELD_BACK: Final = """
+SELECT count(*), max(h.expires_at)
+FROM local_bus_dead_letters d
+JOIN local_bus_duplicates h ON h.queue = d.queue AND h.message_id = d.message_id
+WHERE d.queue = %(queue)s AND h.expires_at > now()
+"""
+
+# Back to the queue as a publish would put them (a new sequence number, so after the session's
+# waiting messages; delivery count 0), their ids entered in the duplicate history again, in one
+# statement: a dead letter is never lost nor doubled.
+_REPLAY: Final = """
+WITH candidate AS (
+    SELECT d.sequence_number
+    FROM local_bus_dead_letters d
+    WHERE d.queue = %(queue)s
+      AND NOT EXISTS (SELECT 1 FROM local_bus_duplicates h
+                      WHERE h.queue = d.queue AND h.message_id = d.message_id
+                        AND h.expires_at > now())
+    ORDER BY d.sequence_number
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+moved AS (
+    DELETE FROM local_bus_dead_letters d USING candidate c
+    WHERE d.sequence_number = c.sequence_number
+    RETURNING d.*
+),
+remembered AS (
+    INSERT INTO local_bus_duplicates AS h (queue, message_id, expires_at)
+    SELECT DISTINCT queue, message_id, now() + %(window)s FROM moved
+    ON CONFLICT (queue, message_id) DO UPDATE
+        SET accepted_at = excluded.accepted_at, expires_at = excluded.expires_at
+),
+inserted AS (
+    INSERT INTO local_bus_messages (
+        queue, message_id, session_id, body, content_type, subject, application_properties,
+        visible_at)
+    SELECT queue, message_id, session_id, body, content_type, subject, application_properties,
+           now()
+    FROM moved ORDER BY sequence_number
+    RETURNING session_id
+),
+notified AS (
+    SELECT pg_notify('local_bus', %(queue)s || E'\n' || coalesce(session_id, ''))::text
+    FROM inserted GROUP BY session_id
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM notified)
+"""
+
 _COUNT_ACTIVE: Final = """
 SELECT count(*) FROM local_bus_messages WHERE queue = %(queue)s AND visible_at <= now()
 """
@@ -697,6 +773,20 @@ class LocalQueue:
                 raise ValueError(
                     f"scheduled_enqueue_time of {pseudonym(message.message_id)} is naive"
                 )
+        max_size = self.options_for(queue).max_message_size
+        too_large = frozenset(m.message_id for m in messages if _size_of(m) > max_size)
+        if too_large:
+            messages = [m for m in messages if m.message_id not in too_large]
+        if messages:
+            await self._insert(queue, messages)
+        if too_large:
+            raise PublishError(
+                f"{len(too_large)} message(s) for queue {queue} exceed {max_size} bytes "
+                "(the others were accepted)",
+                refused_message_ids=too_large,
+            )
+
+    async def _insert(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
         params = {
             "queue": queue,
             "window": self.options_for(queue).duplicate_detection_window,
@@ -848,6 +938,40 @@ class LocalQueue:
             )
             for row in rows
         ]
+
+    async def replay_dead_letters(
+        self, queue: str, *, max_messages: int, dry_run: bool = False
+    ) -> ReplayReport:
+        """Move up to ``max_messages`` dead letters of ``queue`` back to it, oldest first, with
+        their ids, sessions, bodies and properties; ids still within the duplicate detection
+        window stay dead-lettered (``held_back``), as Azure Service Bus would drop them."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        params = {
+            "queue": queue,
+            "limit": max_messages,
+            "window": self.options_for(queue).duplicate_detection_window,
+        }
+        async with self._pool.connection() as conn:
+            if dry_run:
+                cursor = await conn.execute(_REPLAYABLE, params)
+                replayed = len(await cursor.fetchall())
+            else:
+                cursor = await conn.execute(_REPLAY, params)
+                row = await cursor.fetchone()
+                replayed = int(row[0]) if row else 0
+            cursor = await conn.execute(_HELD_BACK, params)
+            held = await cursor.fetchone()
+        held_back, until = (int(held[0]), held[1]) if held else (0, None)
+        if replayed and not dry_run:
+            logger.info("queue %s: replayed %d dead-lettered message(s)", queue, replayed)
+        return ReplayReport(
+            queue=queue,
+            replayed=replayed,
+            held_back=held_back,
+            dry_run=dry_run,
+            held_back_until=None if until is None else _utc(until),
+        )
 
     async def purge_expired_duplicates(self) -> int:
         """Forget message ids past their duplicate detection window; returns how many.
@@ -1183,6 +1307,21 @@ class LocalQueue:
 
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
+
+
+def _size_of(message: OutgoingMessage) -> int:
+    """What Service Bus counts against its limit, roughly: body, properties and system fields."""
+    properties = (
+        json.dumps(dict(message.application_properties)) if message.application_properties else ""
+    )
+    return (
+        len(message.body)
+        + len(properties.encode())
+        + len(message.message_id.encode())
+        + len((message.session_id or "").encode())
+        + len((message.subject or "").encode())
+        + len(message.content_type.encode())
+    )
 
 
 def _lock_params(message: ReceivedMessage) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "STANDARD_TIER_MAX_MESSAGE_BYTES",
     "MessageBus",
     "OutgoingMessage",
     "PropertyValue",
@@ -21,6 +22,10 @@ __all__ = [
 ]
 
 PropertyValue = str | int | float | bool
+
+# Service Bus Standard: 256 KB per message, and per batch (a batch travels as one AMQP message).
+# Premium allows more; the Azure adapter learns the real limit from its link.
+STANDARD_TIER_MAX_MESSAGE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,11 +51,22 @@ class PublishError(RuntimeError):
 
     ``permanent`` says the broker refused the messages themselves (too large, a value it cannot
     store): sending them again will fail again, so a caller isolates them instead of retrying.
+
+    ``refused_message_ids``, when not empty, names the messages refused for good (``permanent``
+    is then true) and says that every *other* message of the call was accepted: a caller marks
+    only the events those ids belong to as failed.
     """
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        refused_message_ids: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent = permanent or bool(refused_message_ids)
+        self.refused_message_ids = refused_message_ids
 
 
 class MessageBus(Protocol):
