@@ -6,6 +6,7 @@ import azure.functions as func
 
 from shared_code.redelivery import pause_before_redelivery
 from shared_code.runtime import get_services_or_pause
+from shared_code.telemetry import consuming
 
 bp = func.Blueprint()
 
@@ -23,7 +24,15 @@ async def sender_send_message(message: func.ServiceBusMessage) -> None:
     # A failed start waits (a bounded back-off) in get_services_or_pause before it raises.
     services = await get_services_or_pause()
     try:
-        await services.sender.handle(message.get_body())
+        with consuming(
+            "send message",
+            message.application_properties,
+            queue=services.settings.outbound_queue_name,
+            enqueued_time=message.enqueued_time_utc,
+            scheduled_enqueue_time=message.scheduled_enqueue_time_utc,
+        ) as span:
+            outcome = await services.sender.handle(message.get_body())
+            span.set_attribute("bridge.outcome", outcome.value)
     except Exception as error:
         await pause_before_redelivery(error, message.delivery_count or 1)
         raise

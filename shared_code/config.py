@@ -36,6 +36,7 @@ from shared_code.secrets import (
     SecretSource,
     split_secrets,
 )
+from shared_code.telemetry import TelemetrySettings
 
 __all__ = [
     "DEFAULT_GRAPH_BASE_URL",
@@ -185,6 +186,8 @@ class Settings:
     # How old the cached template catalogue may grow before the timer reads it again.
     template_refresh_minutes: int = 15
     management: ManagementSettings = ManagementSettings()
+    # Exporters of traces, logs and metrics (shared_code/telemetry.py); none by default.
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @classmethod
     def from_environment(
@@ -269,6 +272,14 @@ class Settings:
                 "TEMPLATE_REFRESH_MINUTES", default=15, minimum=1
             ),
             management=_management_settings(reader),
+            telemetry=TelemetrySettings(
+                connection_string=reader.optional("APPLICATIONINSIGHTS_CONNECTION_STRING"),
+                authentication_string=reader.optional("APPLICATIONINSIGHTS_AUTHENTICATION_STRING"),
+                client_id=reader.optional("AZURE_CLIENT_ID"),
+                otlp_endpoint=reader.optional("OTEL_EXPORTER_OTLP_ENDPOINT"),
+                console=reader.boolean("OTEL_TRACES_CONSOLE", default=False),
+                service_name=reader.optional("OTEL_SERVICE_NAME") or "whatsapp-bridge",
+            ),
         )
         reader.raise_if_incomplete()
         return settings

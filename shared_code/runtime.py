@@ -33,6 +33,7 @@ from shared_code.processing import EventProcessor
 from shared_code.ratelimit import RateLimiter
 from shared_code.sending import OutboundSender
 from shared_code.startup_backoff import StartupBackoff
+from shared_code.telemetry import configure_telemetry
 from shared_code.templates import TemplateCatalogue
 from shared_code.webhook_intake import WebhookIntake
 from shared_code.whatsapp.graph_client import GraphApiClient
@@ -104,7 +105,10 @@ async def get_services() -> Services:
         _lock = asyncio.Lock()
     async with _lock:
         if _services is None:
-            _services = await build_services(await load_settings())
+            settings = await load_settings()
+            # Before the services open, so their first spans and logs are exported too.
+            configure_telemetry(settings.telemetry)
+            _services = await build_services(settings)
             freeze_startup_heap()
     return _services
 

@@ -36,6 +36,7 @@ import msgspec
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay
 from tenacity.wait import wait_random_exponential
 
+from shared_code import telemetry
 from shared_code.batching import BatchingQueue
 from shared_code.bus.port import MessageBus, OutgoingMessage
 from shared_code.db import outbound
@@ -109,6 +110,8 @@ def outbound_bus_message(
         session_id=session_id_for(phone_number_id, contact_wa_id),
         subject="outbound",
         scheduled_enqueue_time=scheduled_at,
+        # The trace of whatever queued the send (a user's message, a re-queue) continues there.
+        application_properties=telemetry.trace_properties(),
     )
 
 
@@ -287,11 +290,13 @@ class OutboundSender:
         if decision is None:
             decision = await self._limiter.acquire(row.phone_number_id, row.contact_wa_id)
         if not decision.allowed and decision.retry_after <= self._policy.max_pacing_seconds:
+            telemetry.record_rate_limit_wait(decision.limit, "paced")
             decision = await self._pace(row, decision)
         if decision.allowed:
             return True
         # Spread the waiters over a little time so they do not all come back in the same instant.
         delay = decision.retry_after * random.uniform(1.0, 1.1)  # noqa: S311 - jitter
+        telemetry.record_rate_limit_wait(decision.limit, "requeued")
         await self._requeue(row, delay)
         logger.info(
             "outbound message %d re-queued for %.1f s by the %s limit",
@@ -334,7 +339,8 @@ class OutboundSender:
         body = dict(row.content)
         body["biz_opaque_callback_data"] = outbound.callback_data_for(row.id)
         try:
-            sent = await self._graph.send_message(body, phone_number_id=row.phone_number_id)
+            with telemetry.graph_send(row.id):
+                sent = await self._graph.send_message(body, phone_number_id=row.phone_number_id)
         except TransportError as error:
             if error.request_may_have_been_sent:
                 logger.warning(

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from shared_code import telemetry
 from shared_code.batching import BatchingQueue
 from shared_code.bus.port import MessageBus, OutgoingMessage, PublishError
 from shared_code.circuit import Circuit
@@ -75,6 +76,8 @@ DUPLICATE = IntakeAnswer(200, "EVENT_RECEIVED")
 BAD_SIGNATURE = IntakeAnswer(401, "invalid or missing X-Hub-Signature-256")
 TOO_LARGE = IntakeAnswer(413, "body larger than 1 MiB")
 STORAGE_UNAVAILABLE = IntakeAnswer(503, "storage unavailable, retry later")
+# The rejected answers by status code, as the webhooks-rejected metric names them.
+_REJECTION_REASONS = {401: "bad_signature", 413: "too_large", 503: "storage_unavailable"}
 
 
 def answer_verification(params: Mapping[str, str], verify_token: str) -> IntakeAnswer:
@@ -104,10 +107,15 @@ def split_body(body: bytes) -> SplitResult:
 
 
 def bus_messages_for(
-    event_id: int, split: SplitResult, *, skip_statuses: bool = False
+    event_id: int,
+    split: SplitResult,
+    *,
+    skip_statuses: bool = False,
+    trace_context: Mapping[str, str] | None = None,
 ) -> list[OutgoingMessage]:
     """The bus messages of a split body; ``skip_statuses`` leaves out the statuses, which the
-    intake applies itself (everything else — messages, template changes — is queued)."""
+    intake applies itself (everything else — messages, template changes — is queued).
+    ``trace_context``: the webhook's trace (:func:`shared_code.telemetry.trace_properties`)."""
     messages = []
     for event in split.events:
         if skip_statuses and event.kind == "status":
@@ -118,7 +126,11 @@ def bus_messages_for(
                 message_id=event.message_id,
                 session_id=event.session_id,
                 subject=event.kind,
-                application_properties={"kind": event.kind, "webhook_event_id": event_id},
+                application_properties={
+                    "kind": event.kind,
+                    "webhook_event_id": event_id,
+                    **(trace_context or {}),
+                },
             )
         )
     return messages
@@ -159,6 +171,8 @@ class _Delivery:
     body: bytes
     sha256: bytes
     split: SplitResult
+    # The webhook's trace, carried to the bus messages published for it by another task.
+    trace_context: Mapping[str, str]
 
 
 class WebhookIntake:
@@ -206,6 +220,14 @@ class WebhookIntake:
         )
 
     async def receive(self, body: bytes, signature: str | None) -> IntakeAnswer:
+        with telemetry.webhook_receive() as span:
+            answer = await self._receive(body, signature)
+            span.set_attribute("http.response.status_code", answer.status_code)
+        rejected = _REJECTION_REASONS.get(answer.status_code)
+        telemetry.record_webhook(rejected)
+        return answer
+
+    async def _receive(self, body: bytes, signature: str | None) -> IntakeAnswer:
         if len(body) > MAX_WEBHOOK_BODY_BYTES:
             return TOO_LARGE
         # A Secret is revealed on each webhook: a rotated app secret (Key Vault) applies at once.
@@ -220,7 +242,9 @@ class WebhookIntake:
         split = split_body(body)
         if split.status == "invalid":
             logger.warning("signed webhook stored as invalid: %s", split.reason)
-        stored = self._batches.submit_nowait(_Delivery(body, hashlib.sha256(body).digest(), split))
+        stored = self._batches.submit_nowait(
+            _Delivery(body, hashlib.sha256(body).digest(), split, telemetry.trace_properties())
+        )
         try:
             # A timeout cancels only this caller's wait: its batch still completes (and
             # publishes), and Meta's retry of a body stored that late is a duplicate, not a loss.
@@ -264,8 +288,9 @@ class WebhookIntake:
             for sha, d in unique.items()
             if stored[sha].inserted and stored[sha].status == "pending"
         ]
+        traces = {stored[sha].id: d.trace_context for sha, d in unique.items() if d.trace_context}
         if to_publish and await self._take_publish_slot(len(to_publish)):
-            task = asyncio.create_task(self._publish_in_slot(to_publish))
+            task = asyncio.create_task(self._publish_in_slot(to_publish, traces))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
         # A body repeated inside one batch is a duplicate after its first occurrence.
@@ -296,10 +321,14 @@ class WebhookIntake:
             await asyncio.gather(*self._publishing, return_exceptions=True)
         await self._marks.flush()
 
-    async def _publish_in_slot(self, events: Sequence[tuple[int, SplitResult]]) -> None:
+    async def _publish_in_slot(
+        self,
+        events: Sequence[tuple[int, SplitResult]],
+        traces: Mapping[int, Mapping[str, str]] | None = None,
+    ) -> None:
         try:
             async with asyncio.timeout(self._forward_timeout):
-                await self._forward_stored(events)
+                await self._forward_stored(events, traces)
         except TimeoutError:
             logger.warning(
                 "forwarding %d stored webhook events timed out; the outbox sweeper will retry",
@@ -308,14 +337,23 @@ class WebhookIntake:
         finally:
             self._publish_slots.release()
 
-    async def _forward_stored(self, events: Sequence[tuple[int, SplitResult]]) -> None:
+    async def _forward_stored(
+        self,
+        events: Sequence[tuple[int, SplitResult]],
+        traces: Mapping[int, Mapping[str, str]] | None = None,
+    ) -> None:
         """Publish the stored events' messages, apply their statuses, and record the outcome.
 
         An event any part of which failed stays pending for the sweeper.
         """
         failures: dict[int, str] = {}
         messages_by_event = {
-            event_id: bus_messages_for(event_id, split, skip_statuses=True)
+            event_id: bus_messages_for(
+                event_id,
+                split,
+                skip_statuses=True,
+                trace_context=(traces or {}).get(event_id),
+            )
             for event_id, split in events
         }
         messages = [m for event_messages in messages_by_event.values() for m in event_messages]

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shared_code import telemetry
 from shared_code.agent_configs import AgentConfig
 from shared_code.bus.port import MessageBus
 from shared_code.business_hours import away_message_key, closed_period
@@ -158,9 +159,10 @@ class Orchestrator:
                 for row in context.history
             ],
         )
-        reply = await reply_or_fallback(
-            agent, request, timeout_seconds=self._timeout, fallback=fallback
-        )
+        with telemetry.agent_call(agent.name, message.conversation_id):
+            reply = await reply_or_fallback(
+                agent, request, timeout_seconds=self._timeout, fallback=fallback
+            )
         reply = await self._hand_off_if_asked(message, reply, agent.name)
         if reply is None:
             logger.info(
