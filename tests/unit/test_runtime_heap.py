@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared_code import runtime
+from shared_code.telemetry import TelemetrySettings
 
 
 @pytest.fixture
@@ -25,8 +26,11 @@ async def test_a_worker_freezes_what_it_built_at_start_up(
 
     monkeypatch.setattr(runtime, "build_services", build_services)
 
-    async def load_settings() -> None:
-        return None
+    class Settings:
+        telemetry = TelemetrySettings()  # off: nothing to configure
+
+    async def load_settings() -> Settings:
+        return Settings()
 
     monkeypatch.setattr(runtime, "load_settings", load_settings)
     monkeypatch.setattr(runtime, "_services", None)

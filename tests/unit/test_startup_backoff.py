@@ -12,11 +12,17 @@ import processor_function
 import sender_function
 from shared_code import runtime
 from shared_code.config import ConfigurationError
+from shared_code.processing import Outcome
 from shared_code.startup_backoff import StartupBackoff
 
 
 class FakeMessage:
+    """The parts of func.ServiceBusMessage the triggers read."""
+
     delivery_count = 1
+    application_properties: dict[str, object] = {}  # read only
+    enqueued_time_utc = None
+    scheduled_enqueue_time_utc = None
 
     def get_body(self) -> bytes:
         raise AssertionError("a message is not read before the services start")
@@ -75,11 +81,16 @@ async def test_a_good_start_resets_the_back_off(
     handled: list[bytes] = []
 
     class FakeProcessor:
-        async def handle(self, body: bytes) -> None:
+        async def handle(self, body: bytes) -> Outcome:
             handled.append(body)
+            return Outcome.STORED
+
+    class FakeSettings:
+        inbound_queue_name = "inbound-events"
 
     class FakeServices:
         processor = FakeProcessor()
+        settings = FakeSettings()
 
     async def start() -> Any:
         outcome = outcomes.pop(0)
