@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from shared_code import telemetry
 from shared_code.db import conversations, event_failures, outbound, statuses
 from shared_code.db.pool import Pool
 from shared_code.policy import apply_marketing_preference
@@ -81,7 +82,7 @@ class StatusRecorder:
             payload=status.raw,
         )
         async with self._pool.connection() as conn:
-            new, applied = await statuses.record_status(conn, row)
+            new, applied, trace_context = await statuses.record_status(conn, row)
             outbound_id = outbound.outbound_id_from_callback(status.biz_opaque_callback_data)
             if not applied and outbound_id is not None:
                 # A send that timed out after its request left did reach WhatsApp: this status
@@ -89,8 +90,9 @@ class StatusRecorder:
                 applied = await outbound.adopt_wamid(conn, outbound_id, status.id)
         if not new:
             return Outcome.STATUS_DUPLICATE
-        if error is not None:
-            logger.warning("message status %s with error code %s", status.status, error.code)
+        with telemetry.status_applied(trace_context, status.status, error.code if error else None):
+            if error is not None:
+                logger.warning("message status %s with error code %s", status.status, error.code)
         return Outcome.STATUS_APPLIED if applied else Outcome.STATUS_PENDING
 
 

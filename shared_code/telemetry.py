@@ -195,6 +195,25 @@ def _configure_local(settings: TelemetrySettings) -> None:
 # --- propagation over the bus ---------------------------------------------------------------
 
 
+def current_traceparent() -> str | None:
+    """The current span's W3C traceparent, stored with an outbound row (None outside a trace)."""
+    return trace_properties().get("traceparent")
+
+
+@contextlib.contextmanager
+def status_applied(traceparent: str | None, status: str, error_code: int | None) -> Iterator[None]:
+    """A delivery status applied to an outbound message, in the trace that sent the message."""
+    if traceparent is None:
+        yield
+        return
+    parent = propagate.extract({"traceparent": traceparent})
+    attributes: dict[str, str | int] = {"bridge.status": status}
+    if error_code is not None:
+        attributes["bridge.error_code"] = error_code
+    with _span("message status", context=parent, kind=SpanKind.CONSUMER, attributes=attributes):
+        yield
+
+
 def trace_properties() -> dict[str, str]:
     """The current trace context as bus application properties (empty when nothing records)."""
     carrier: dict[str, str] = {}

@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from shared_code.db.pool import Connection
 from shared_code.db.statuses import fold_statuses, storable_error_code
 from shared_code.ratelimit import Decision, RateCharge, decision_of
+from shared_code.telemetry import current_traceparent
 
 __all__ = [
     "CALLBACK_PREFIX",
@@ -105,8 +106,9 @@ async def insert_outbound(conn: Connection, message: NewOutbound) -> tuple[int, 
         WITH inserted AS (
             INSERT INTO whatsapp_messages
                 (conversation_id, direction, phone_number_id, contact_wa_id, message_type,
-                 text_body, content, status, idempotency_key, agent, reply_to_message_id, purpose)
-            VALUES (%s, 'outbound', %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s)
+                 text_body, content, status, idempotency_key, agent, reply_to_message_id, purpose,
+                 trace_context)
+            VALUES (%s, 'outbound', %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s, %s)
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id, conversation_id
         ),
@@ -127,6 +129,7 @@ async def insert_outbound(conn: Connection, message: NewOutbound) -> tuple[int, 
             message.agent,
             message.reply_to_message_id,
             message.purpose,
+            current_traceparent(),
         ),
     )
     row = await cursor.fetchone()

@@ -89,8 +89,9 @@ WITH inserted AS (
     ON CONFLICT (wamid, status) DO NOTHING
     RETURNING {columns}
 ),
-folded AS ({fold} RETURNING 1)
-SELECT (SELECT count(*) FROM inserted) AS new, (SELECT count(*) FROM folded) AS applied
+folded AS ({fold} RETURNING m.trace_context)
+SELECT (SELECT count(*) FROM inserted) AS new, (SELECT count(*) FROM folded) AS applied,
+       (SELECT max(trace_context) FROM folded) AS trace_context
 """
 ).format(
     columns=_HISTORY_COLUMNS,
@@ -106,11 +107,12 @@ SELECT (SELECT count(*) FROM inserted) AS new, (SELECT count(*) FROM folded) AS 
 )
 
 
-async def record_status(conn: Connection, row: StatusRow) -> tuple[bool, bool]:
+async def record_status(conn: Connection, row: StatusRow) -> tuple[bool, bool, str | None]:
     """Store a status once and fold it onto its message, in one statement.
 
-    Returns (new, applied): ``new`` is False for a repeated (wamid, status); ``applied`` is False
-    while no message carries the wamid yet — the status waits in the history until one does.
+    Returns (new, applied, trace context): ``new`` is False for a repeated (wamid, status);
+    ``applied`` is False while no message carries the wamid yet — the status waits in the history
+    until one does; the trace context is the message's (see migration 0011), when it has one.
     """
     cursor = await conn.execute(
         _RECORD_AND_FOLD,
@@ -128,8 +130,8 @@ async def record_status(conn: Connection, row: StatusRow) -> tuple[bool, bool]:
     )
     result = await cursor.fetchone()
     assert result is not None  # the statement always returns exactly one row
-    new, applied = result
-    return new == 1, applied > 0
+    new, applied, trace_context = result
+    return new == 1, applied > 0, trace_context
 
 
 async def fold_statuses(conn: Connection, wamid: str) -> bool:

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from scripts.send_sample_webhook import text_message_webhook
+from scripts.send_sample_webhook import status_webhook, text_message_webhook
 from shared_code.bus.local_queue import LocalQueue, ReceivedMessage
 from shared_code.db.pool import Pool
 from shared_code.orchestrator.agent_routing import parse_routing_rules
@@ -209,10 +209,35 @@ async def test_one_trace_follows_a_message_from_the_webhook_to_graph(
     ):
         await sender.handle(outbound.body)
     assert any(r.get("text", {}).get("body") == TEXT for r in graph_requests)
+    # Meta's status webhooks for the reply come back without our context: the status joins the
+    # trace through the context stored on the outbound row.
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT wamid FROM whatsapp_messages WHERE direction = 'outbound' AND wamid IS NOT NULL"
+        )
+        (reply_wamid,) = await cursor.fetchone()  # type: ignore[misc]
+    delivered = json.dumps(
+        status_webhook(
+            phone_number_id=PHONE_NUMBER_ID,
+            waba_id="200000000000001",
+            recipient=USER,
+            wamid=reply_wamid,
+            status="delivered",
+        )
+    ).encode()
+    assert (await intake.receive(delivered, sign(delivered, SECRET))).status_code == 200
+    await intake.drain()
 
     finished: tuple[ReadableSpan, ...] = spans.get_finished_spans()
     by_name = {span.name: span for span in finished}
-    hops = ["webhook receive", "process event", "agent call", "send message", "graph send"]
+    hops = [
+        "webhook receive",
+        "process event",
+        "agent call",
+        "send message",
+        "graph send",
+        "message status",
+    ]
     assert set(hops) <= set(by_name), sorted(by_name)
     # The first webhook span is the accepted one's (the bad signature came second).
     accepted_webhook = next(s for s in finished if s.name == "webhook receive")
@@ -224,9 +249,11 @@ async def test_one_trace_follows_a_message_from_the_webhook_to_graph(
     assert by_name["agent call"].parent.span_id == by_name["process event"].context.span_id  # type: ignore[union-attr]
     assert by_name["send message"].parent.span_id == by_name["process event"].context.span_id  # type: ignore[union-attr]
     assert by_name["graph send"].parent.span_id == by_name["send message"].context.span_id  # type: ignore[union-attr]
+    assert by_name["message status"].attributes["bridge.status"] == "delivered"  # type: ignore[index]
     # The rejected webhook is a trace of its own, and says why with its status code only.
-    rejected = [s for s in finished if s.name == "webhook receive" and s is not accepted_webhook]
-    assert [s.attributes["http.response.status_code"] for s in rejected] == [401]  # type: ignore[index]
+    others = [s for s in finished if s.name == "webhook receive" and s is not accepted_webhook]
+    assert [s.attributes["http.response.status_code"] for s in others] == [401, 200]  # type: ignore[index]
+    assert all(s.context.trace_id != accepted_webhook.context.trace_id for s in others)
 
     for span in finished:
         shown = json.dumps({k: str(v) for k, v in (span.attributes or {}).items()})
@@ -234,7 +261,7 @@ async def test_one_trace_follows_a_message_from_the_webhook_to_graph(
         assert TEXT not in shown and USER not in shown
 
     after = metric_points()
-    assert increase(before, after, "bridge.webhooks.received") == 2
+    assert increase(before, after, "bridge.webhooks.received") == 3  # message, forged, status
     assert increase(before, after, "bridge.webhooks.rejected", reason="bad_signature") == 1
     assert increase(before, after, "bridge.messages.sent") == 1
     assert increase(before, after, "bridge.queue.latency", queue=INBOUND) == 1
